@@ -1,0 +1,1 @@
+"""Everything that measures: the matrix, the runner, probes, the store and reports."""

@@ -1,0 +1,56 @@
+"""From a spec to a plan: resolve the model to a checkpoint, expand the cells, apply the rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.checkpoints import checkpoint_fingerprint, list_presets, make_checkpoint
+from bench.matrix import Cell, MatrixSpec, SpecError, expand
+from loader.files import check_local_model_dir
+from loader.host import HostCapabilities
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: MatrixSpec
+    checkpoint: Path
+    fingerprint: str
+    cells: list[Cell]
+
+    @property
+    def runnable(self) -> list[Cell]:
+        return [c for c in self.cells if c.skip_reason is None]
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "cell_id": c.cell_id,
+                "label": c.label,
+                "run": c.skip_reason is None,
+                "reason": c.skip_reason,
+                "dropped": dict(c.dropped),
+            }
+            for c in self.cells
+        ]
+
+
+def resolve_model(model: str) -> Path:
+    """A synthetic preset name becomes its (cached) checkpoint; a local directory is checked and used."""
+    if model in list_presets():
+        return make_checkpoint(model)
+    path = Path(model).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return path  # its weights are checked by each cell's loader, so damage ends cells as errors
+    if path.exists():
+        return check_local_model_dir(path)  # raises the sentence for a file or a dir without config.json
+    raise SpecError(
+        f"model {model!r} is neither an architecture preset ({', '.join(list_presets())}) nor a local checkpoint directory."
+    )
+
+
+def make_plan(spec: MatrixSpec, caps: HostCapabilities) -> Plan:
+    checkpoint = resolve_model(spec.model)
+    fingerprint = checkpoint_fingerprint(checkpoint)
+    return Plan(spec, checkpoint, fingerprint, expand(spec, checkpoint, fingerprint, caps))

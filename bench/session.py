@@ -1,0 +1,131 @@
+"""One `loadbench run`: plan, open the store, start the warm template, run, summarise."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.matrix import MatrixSpec
+from bench.planning import make_plan
+from bench.probes import Budget
+from bench.progress import make_progress
+from bench.runner import Runner, RunOptions, start_template
+from bench.store import RunStore, select_shard
+
+
+@dataclass
+class RunRequest:
+    spec: MatrixSpec
+    out: Path | None = None
+    resume: bool = False
+    shard: str | None = None
+    timeout_s: float | None = None
+    budget_s: float | None = None
+    live: bool | None = None
+    faults: dict[str, str] | None = None  # test-only fault injection, by cell_id
+
+
+def git_commit() -> str | None:
+    """The commit of the loadbench checkout, when run from one."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def run_environment(caps: Any) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        lb_version = version("loadbench")
+    except PackageNotFoundError:
+        lb_version = None
+    return {**caps.to_dict(), "loadbench_version": lb_version, "git_commit": git_commit()}
+
+
+def default_out(spec: MatrixSpec) -> Path:
+    return Path("runs") / f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{spec.name}"
+
+
+def lanes_for(caps: Any) -> list[str | None]:
+    """One lane per visible GPU (its CUDA_VISIBLE_DEVICES value); one CPU lane otherwise."""
+    gpus = getattr(caps, "gpus_detail", ()) or ()
+    if not gpus:
+        return [None] if not caps.host.cuda else ["0"]
+    return [str(g.get("uuid") or g.get("index")) for g in gpus]
+
+
+def run_matrix(request: RunRequest) -> int:
+    from bench.capabilities import probe_cached
+
+    caps = probe_cached()
+    plan = make_plan(request.spec, caps.host)
+    cells = select_shard(plan.cells, request.shard) if request.shard else plan.cells
+    out = request.out or default_out(request.spec)
+    meta = {
+        "spec_hash": request.spec.spec_hash(),
+        "spec": request.spec.to_dict(),
+        "plan": plan.to_dict(),
+        "shard": request.shard,
+        "checkpoint": {"path": str(plan.checkpoint), "fingerprint": plan.fingerprint},
+        "environment": run_environment(caps),
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }
+    store = RunStore.create(out, meta, resume=request.resume)
+    budget = Budget(seconds=request.budget_s) if request.budget_s else Budget(seconds=1.0)
+    progress = make_progress(request.live)
+    ctx, template_s = start_template()
+    options = RunOptions(
+        timeout_s=request.timeout_s, budget=budget, lanes=lanes_for(caps), faults=request.faults or {}
+    )
+    runner = Runner(store, plan.checkpoint, options, progress, ctx)
+    done = store.final_cell_ids()
+    progress.start(len(cells), sum(c.cell_id in done for c in cells))
+    try:
+        runner.record_skips(cells)
+        runner.run(cells)
+    finally:
+        progress.stop()
+    print_summary(store, cells, template_s)
+    return 0
+
+
+def print_summary(store: RunStore, cells: list[Any], template_s: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from bench.units import fmt_bytes, fmt_rate, fmt_seconds
+
+    wanted = {c.cell_id for c in cells}
+    latest = {r["cell_id"]: r for r in store.records() if r["cell_id"] in wanted}
+    table = Table(title="loadbench summary")
+    for col in ("dtype", "quant", "attn", "ckpt", "status", "load", "prefill", "train", "decode", "peak RSS"):
+        table.add_column(
+            col, justify="right" if col in ("load", "prefill", "train", "decode", "peak RSS") else "left"
+        )
+    for cell in cells:
+        r = latest.get(cell.cell_id, {})
+        peaks = [v for k, v in r.items() if k.startswith("mem.") and k.endswith(".rss_bytes") and v]
+        table.add_row(
+            cell.dtype,
+            cell.quant,
+            cell.attn,
+            "on" if cell.grad_ckpt else "off",
+            r.get("status", "-"),
+            fmt_seconds(r.get("load.model_s")),
+            fmt_rate(r.get("prefill.tokens_per_s")),
+            fmt_rate(r.get("train.tokens_per_s")),
+            fmt_rate(r.get("decode.tokens_per_s")),
+            fmt_bytes(max(peaks) if peaks else None),
+        )
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    console.print(table)
+    console.print(f"warm template started in {template_s:.2f} s")
+    console.print(f"run directory: {store.directory}")

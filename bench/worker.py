@@ -1,0 +1,175 @@
+"""What runs inside one cell's process: load through the loader, run the workloads, report a record.
+
+The process is forked from a warm template (torch, transformers, bitsandbytes and peft imported, CUDA
+untouched), so it starts in milliseconds and still gets a fresh CUDA context. It talks to the runner
+over a pipe: `ready`, then `phase` markers, then one `result`. If it dies instead, the runner
+classifies the death (timeout, OOM kill, crash) from outside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import os
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import bitsandbytes  # noqa: F401  (warm template: imported once, before any cell forks)
+import peft  # noqa: F401
+import torch
+import transformers  # noqa: F401
+
+from bench.matrix import Cell
+from bench.probes import Budget, PhaseMemory, synchronizer
+from bench.workloads import (
+    InvalidMeasurement,
+    Workload,
+    attach_lora,
+    decode,
+    first_forward,
+    make_inputs,
+    prefill,
+    train,
+)
+from loader import LoadConfigError, UnsupportedOnHost, current_host, get_model, get_tokenizer
+from loader.model import target_device
+
+Send = Callable[..., None]
+_PR_SET_PDEATHSIG = 1
+
+
+def _detach() -> None:
+    """Own process group (so a timeout kills every descendant) and die with the template process."""
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _inject(fault: str | None) -> None:
+    """Test-only faults; the runner sets them only through its Python API, never from a spec or flag."""
+    if fault == "abort":
+        os.abort()
+    if fault == "sleep":
+        time.sleep(3600)
+    if fault == "raise":
+        raise RuntimeError("injected failure")
+    if fault == "memoryerror":
+        raise MemoryError("injected MemoryError")
+    if fault == "oom":
+        raise torch.OutOfMemoryError("injected CUDA out of memory")
+
+
+def cell_main(task: dict[str, Any], conn: Any) -> None:
+    """Process entry point: run one cell and send its outcome."""
+    _detach()
+    if task.get("visible_devices") is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = task["visible_devices"]
+
+    def send(**message: Any) -> None:
+        conn.send(message)
+
+    send(event="ready", t=time.monotonic())
+    try:
+        _inject(task.get("fault"))
+        metrics = run_cell(
+            Cell.from_dict(task["cell"]), Path(task["checkpoint_path"]), Budget(**task["budget"]), send
+        )
+        send(event="result", status="ok", metrics=metrics)
+    except BaseException as exc:  # every failure becomes a record; the runner goes on
+        send(event="result", **classify(exc))
+    finally:
+        conn.close()
+
+
+def classify(exc: BaseException) -> dict[str, Any]:
+    """A failure as a final status with its reason (DESIGN.md section 5)."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        status = "oom"
+    elif isinstance(exc, (UnsupportedOnHost, NotImplementedError)):
+        status = "unsupported"
+    elif isinstance(exc, InvalidMeasurement):
+        status = "invalid"
+    else:
+        status = "error"
+    tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    return {
+        "status": status,
+        "reason": f"{type(exc).__name__}: {exc}" if not isinstance(exc, LoadConfigError) else str(exc),
+        "error": {"type": type(exc).__name__, "message": str(exc), "traceback": "".join(tb[-3:])[-2000:]},
+    }
+
+
+def _release(model: Any) -> None:
+    del model
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def _repacked_for_cpu(model: Any) -> bool:
+    """bitsandbytes repacks Linear4bit weights on the first no-grad CPU forward (AVX512-BF16 hosts);
+    after that, gradients silently stop at those layers, so training needs a freshly loaded model."""
+    for module in model.modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            return True
+    return False
+
+
+def run_cell(cell: Cell, checkpoint: Path, budget: Budget, send: Send) -> dict[str, Any]:
+    """Load the cell's model, then run its workloads; returns flat metric columns."""
+    torch.set_num_threads(cell.threads)
+    caps = current_host()
+    config = cell.load_config(checkpoint)
+    device = target_device(config, caps)
+    sync = synchronizer(device)
+    out: dict[str, Any] = {
+        "device": device,
+        "threads": torch.get_num_threads(),  # read back, not the value asked for
+        "dtype_resolved": config.resolved_dtype,
+    }
+
+    send(event="phase", phase="load")
+    mem = PhaseMemory(device)
+    mem.start()
+    start = time.perf_counter()
+    tokenizer = get_tokenizer(config)
+    out["load.tokenizer_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    model = get_model(config, caps, training="train" in cell.workloads and "train" not in dict(cell.dropped))
+    sync()
+    out["load.model_s"] = time.perf_counter() - start
+    out["mem.footprint_bytes"] = int(model.get_memory_footprint())
+    out["params"] = sum(p.numel() for p in model.parameters())
+    vocab = min(len(tokenizer), model.config.vocab_size)
+    ids = make_inputs(vocab, cell.shape.batch, cell.shape.seq, device)
+    work = Workload(model, ids, cell.shape.new_tokens, budget, sync, tokenizer.pad_token_id)
+    out["load.first_forward_s"] = first_forward(work)
+    out.update(mem.columns("load"))
+
+    for name, reason in cell.dropped:
+        out[f"{name}.skipped_reason"] = reason
+    for name in ("prefill", "decode", "train"):
+        if name not in cell.workloads or name in dict(cell.dropped):
+            continue
+        send(event="phase", phase=name)
+        if name == "train" and _repacked_for_cpu(work.model):
+            _release(work.model)
+            work.model = get_model(config, caps, training=True)
+            out["train.fresh_model"] = True
+        if name == "train" and config.kbit:
+            work.model = attach_lora(work.model, config.gradient_checkpointing)
+        mem.start()
+        if name == "prefill":
+            out.update(prefill(work))
+        elif name == "decode":
+            out.update(decode(work, config.resolved_use_cache))
+        else:
+            out.update(train(work))
+        out.update(mem.columns(name))
+    return out

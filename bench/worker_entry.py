@@ -1,0 +1,19 @@
+"""The function a cell's process starts in: redirect output to the cell's log, then run the cell.
+
+Kept apart from bench.worker so the parent can name the target without importing torch.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def main(task: dict[str, Any], conn: Any) -> None:
+    log_fd = os.open(task["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    from bench.worker import cell_main
+
+    cell_main(task, conn)

@@ -1,0 +1,204 @@
+"""The measured code: prefill, train step, decode. Each returns flat metric columns.
+
+Guards raise `InvalidMeasurement`, which ends the cell as `invalid` with the reason: a number measured
+on a broken computation (non-finite loss, no gradient, wrong token count) is not a number to publish.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from bench.probes import Budget, Stats, measure
+
+
+class InvalidMeasurement(RuntimeError):
+    """A measurement guard failed; the cell's numbers would be meaningless."""
+
+
+@dataclass
+class Workload:
+    """What every workload needs: the model, input ids and how to wait for the device."""
+
+    model: Any
+    input_ids: torch.Tensor
+    new_tokens: int
+    budget: Budget
+    sync: Callable[[], None]
+    pad_token_id: int | None = None
+
+    @property
+    def tokens(self) -> int:
+        return int(self.input_ids.numel())
+
+
+def make_inputs(vocab: int, batch: int, seq: int, device: str, seed: int = 0) -> torch.Tensor:
+    """Random token ids, seeded, inside the tokenizer's vocabulary (not the padded embedding)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (batch, seq), generator=gen).to(device)
+
+
+def check_finite(tensor: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(tensor).all():
+        raise InvalidMeasurement(f"{what} contains NaN or Inf values.")
+
+
+def first_forward(w: Workload) -> float:
+    """The first no-grad forward after loading (lazy initialisation, kernel selection): seconds."""
+    w.model.eval()
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = w.model(w.input_ids, use_cache=False)
+    w.sync()
+    elapsed = time.perf_counter() - start
+    check_finite(out.logits, "the first forward's logits")
+    return elapsed
+
+
+def prefill(w: Workload) -> dict[str, Any]:
+    """No-grad forward over batch × seq tokens, as an eval or prompt pass runs."""
+    w.model.eval()
+    last: dict[str, Any] = {}
+
+    def step() -> None:
+        with torch.no_grad():
+            last["logits"] = w.model(w.input_ids, use_cache=False).logits
+
+    latency = measure(step, w.budget, w.sync)
+    check_finite(last["logits"], "prefill logits")
+    return {
+        **latency.columns("prefill.latency_s"),
+        **latency.map(lambda s: w.tokens / s).columns("prefill.tokens_per_s"),
+    }
+
+
+def trainable_parameters(model: Any) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def check_gradients(model: Any) -> None:
+    """Every trainable parameter got a finite gradient: catches layers that silently stop backprop."""
+    missing = [n for n, p in trainable_parameters(model) if p.grad is None]
+    if missing:
+        raise InvalidMeasurement(
+            f"{len(missing)} trainable parameter(s) got no gradient after backward (first: {missing[0]}); "
+            "gradients stop somewhere in the model."
+        )
+    bad = [n for n, p in trainable_parameters(model) if not torch.isfinite(p.grad).all()]
+    if bad:
+        raise InvalidMeasurement(f"non-finite gradient in {len(bad)} parameter(s) (first: {bad[0]}).")
+
+
+def attach_lora(model: Any, gradient_checkpointing: bool) -> Any:
+    """QLoRA's recipe: prepare the k-bit model for training, then train LoRA adapters on every linear."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    model = prepare_model_for_kbit_training(
+        model,
+        use_gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
+    lora = LoraConfig(
+        r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+    )
+    return get_peft_model(model, lora)
+
+
+def train(w: Workload) -> dict[str, Any]:
+    """Forward + backward + AdamW step on the trainable parameters; one sample per step."""
+    model = w.model
+    model.train()
+    params = [p for _, p in trainable_parameters(model)]
+    if not params:
+        raise InvalidMeasurement("the model has no trainable parameters to train.")
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    checked = {"grads": False}
+
+    def step() -> None:
+        loss = model(w.input_ids, labels=w.input_ids, use_cache=False).loss
+        if not torch.isfinite(loss):
+            raise InvalidMeasurement(f"the training loss is not finite ({loss.item()}).")
+        loss.backward()
+        if not checked["grads"]:
+            check_gradients(model)
+            checked["grads"] = True
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step_s = measure(step, w.budget, w.sync)
+    return {
+        **step_s.columns("train.step_s"),
+        **step_s.map(lambda s: w.tokens / s).columns("train.tokens_per_s"),
+        "train.trainable_params": sum(p.numel() for p in params),
+    }
+
+
+class _TokenClock:
+    """A generate() streamer that timestamps each step: the first put is the prompt, then one per token."""
+
+    def __init__(self, sync: Callable[[], None]) -> None:
+        self.sync = sync
+        self.times: list[float] = []
+
+    def put(self, value: Any) -> None:
+        self.sync()
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def decode(w: Workload, use_cache: bool) -> dict[str, Any]:
+    """Greedy generation of exactly new_tokens per sequence: time to first token and per output token."""
+    w.model.eval()
+    prompt_len = w.input_ids.shape[1]
+    runs: list[tuple[float, float, float]] = []  # (ttft, tpot, total)
+
+    def generate() -> None:
+        clock = _TokenClock(w.sync)
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = w.model.generate(
+                w.input_ids,
+                attention_mask=torch.ones_like(w.input_ids),
+                max_new_tokens=w.new_tokens,
+                min_new_tokens=w.new_tokens,
+                do_sample=False,
+                use_cache=use_cache,
+                streamer=clock,
+                pad_token_id=w.pad_token_id,
+            )
+        w.sync()
+        end = time.perf_counter()
+        produced = out.shape[1] - prompt_len
+        if produced != w.new_tokens:
+            raise InvalidMeasurement(
+                f"generate produced {produced} new tokens per sequence, not {w.new_tokens}."
+            )
+        token_times = clock.times[1:]  # times[0] is the prompt being handed over
+        ttft = token_times[0] - start
+        tpot = (
+            (token_times[-1] - token_times[0]) / (len(token_times) - 1) if len(token_times) > 1 else math.nan
+        )
+        runs.append((ttft, tpot, end - start))
+
+    measure(generate, w.budget, w.sync)
+    runs = runs[w.budget.warmup :]
+    batch = w.input_ids.shape[0]
+    total = Stats([r[2] for r in runs])
+    out = {
+        **Stats([r[0] for r in runs]).columns("decode.ttft_s"),
+        **total.map(lambda s: batch * w.new_tokens / s).columns("decode.tokens_per_s"),
+    }
+    if w.new_tokens > 1:
+        out.update(Stats([r[1] for r in runs]).columns("decode.tpot_s"))
+    else:
+        out.update(
+            {"decode.tpot_s": None, "decode.tpot_s.reason": "new_tokens=1 has no second token to time"}
+        )
+    return out

@@ -1,0 +1,115 @@
+"""What this host can run: CUDA GPUs, flash-attn, bitsandbytes.
+
+The loader checks a config against these facts before it calls transformers, so a config the host
+cannot run fails with one sentence instead of a kernel error. `probe_host()` touches CUDA; code that
+must not (the benchmark's parent process) builds a `HostCapabilities` another way and passes it in.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import importlib.util
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """One visible CUDA device."""
+
+    name: str
+    total_memory_bytes: int
+    compute_capability: tuple[int, int]
+    bf16: bool
+
+
+@dataclass(frozen=True)
+class HostCapabilities:
+    """Facts about this host that decide whether a knob value can run here."""
+
+    gpus: tuple[GpuInfo, ...] = ()
+    flash_attn_version: str | None = None
+    flash_attn_3: bool = False
+    bitsandbytes_version: str | None = None
+    bitsandbytes_error: str | None = None
+    bitsandbytes_devices: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def cuda(self) -> bool:
+        return bool(self.gpus)
+
+    @property
+    def device_type(self) -> str:
+        return "cuda" if self.gpus else "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HostCapabilities:
+        gpus = tuple(
+            GpuInfo(g["name"], int(g["total_memory_bytes"]), tuple(g["compute_capability"]), bool(g["bf16"]))  # type: ignore[arg-type]
+            for g in data.get("gpus", ())
+        )
+        return cls(
+            gpus=gpus,
+            flash_attn_version=data.get("flash_attn_version"),
+            flash_attn_3=bool(data.get("flash_attn_3", False)),
+            bitsandbytes_version=data.get("bitsandbytes_version"),
+            bitsandbytes_error=data.get("bitsandbytes_error"),
+            bitsandbytes_devices=tuple(data.get("bitsandbytes_devices", ())),
+        )
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def flash_attn_packages() -> tuple[str | None, bool]:
+    """(flash-attn 2 version or None, whether the FA3 `flash_attn_interface` module is installed).
+
+    Only looks at installed distributions: importing flash_attn would load CUDA kernels.
+    """
+    fa2 = _dist_version("flash-attn") if importlib.util.find_spec("flash_attn") else None
+    fa3 = importlib.util.find_spec("flash_attn_interface") is not None
+    return fa2, fa3
+
+
+def probe_bitsandbytes(cuda: bool) -> tuple[str | None, str | None, tuple[str, ...]]:
+    """(version, error, devices bitsandbytes can quantize on). Imports bitsandbytes (and torch)."""
+    try:
+        import bitsandbytes
+        import bitsandbytes.cextension as cext
+    except Exception as exc:  # any import failure means "not usable", with its reason
+        return None, f"{type(exc).__name__}: {exc}", ()
+    devices = ["cpu"]
+    if cuda:
+        lib = getattr(cext, "lib", None)
+        if lib is not None and type(lib).__name__ != "ErrorHandlerMockBNBNativeLibrary":
+            devices.insert(0, "cuda")
+    return bitsandbytes.__version__, None, tuple(devices)
+
+
+def probe_host() -> HostCapabilities:
+    """Probe this process's view of the host. Initialises CUDA when a GPU is present."""
+    import torch
+
+    gpus = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            cc = (props.major, props.minor)
+            gpus.append(GpuInfo(props.name, int(props.total_memory), cc, cc >= (8, 0)))
+    fa2, fa3 = flash_attn_packages()
+    bnb_version, bnb_error, bnb_devices = probe_bitsandbytes(bool(gpus))
+    return HostCapabilities(tuple(gpus), fa2, fa3, bnb_version, bnb_error, bnb_devices)
+
+
+@functools.cache
+def current_host() -> HostCapabilities:
+    """`probe_host()` once per process."""
+    return probe_host()

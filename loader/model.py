@@ -1,0 +1,98 @@
+"""get_model: open-r1's model step on transformers 5, with the host checked first."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from loader.config import LoadConfig
+from loader.dtypes import to_torch
+from loader.errors import ModelLoadError, UnsupportedOnHost
+from loader.host import HostCapabilities, current_host
+from loader.quantization import bnb_config
+from loader.support import unsupported_reason
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+
+def target_device(config: LoadConfig, caps: HostCapabilities) -> str:
+    """The device the model should end up on: "auto" is the current CUDA device, else the CPU."""
+    if config.device == "auto":
+        if not caps.cuda:
+            return "cpu"
+        import torch
+
+        return f"cuda:{torch.cuda.current_device()}"
+    return "cuda:0" if config.device == "cuda" else config.device
+
+
+def device_map(config: LoadConfig, caps: HostCapabilities) -> dict[str, str] | None:
+    """k-bit models load straight onto the current device (TRL's get_kbit_device_map); so do GPU runs."""
+    device = target_device(config, caps)
+    if config.kbit or device != "cpu":
+        return {"": device}
+    return None
+
+
+def from_pretrained_kwargs(config: LoadConfig, caps: HostCapabilities) -> dict[str, Any]:
+    """The keyword arguments handed to AutoModelForCausalLM.from_pretrained (transformers 5 names)."""
+    dtype = config.resolved_dtype
+    return {
+        "revision": config.revision,
+        "trust_remote_code": config.trust_remote_code,
+        "dtype": "auto" if dtype == "auto" else to_torch(dtype),
+        "attn_implementation": config.attn_implementation,
+        "use_cache": config.resolved_use_cache,
+        "quantization_config": bnb_config(config),
+        "device_map": device_map(config, caps),
+        "local_files_only": config.local_files_only,
+    }
+
+
+def get_model(
+    config: LoadConfig, caps: HostCapabilities | None = None, *, training: bool | None = None
+) -> PreTrainedModel:
+    """Load the model as open-r1 would, after checking this host can run the config.
+
+    `training` (default: the config's gradient_checkpointing) adds the checks that only matter for a
+    backward pass. Out-of-memory errors pass through unchanged so callers can tell them apart.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    caps = caps or current_host()
+    reason = unsupported_reason(config, caps, training=bool(training))
+    if reason:
+        raise UnsupportedOnHost(reason)
+    kwargs = from_pretrained_kwargs(config, caps)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path, **kwargs)
+    except (torch.OutOfMemoryError, MemoryError):
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, ImportError, TypeError) as exc:
+        knobs = ", ".join(f"{k}={v!r}" for k, v in config.knobs().items() if k != "model_name_or_path")
+        raise ModelLoadError(
+            f"transformers could not load {config.model_name_or_path!r} with {knobs}: {type(exc).__name__}: {exc}"
+        ) from exc
+    if config.gradient_checkpointing:
+        enable_checkpointing(model)
+    return model
+
+
+def enable_checkpointing(model: PreTrainedModel) -> None:
+    """Turn on activation checkpointing with use_reentrant=False (open-r1's recipes ask for it).
+
+    transformers 5.2x renamed gradient_checkpointing_enable to activation_checkpointing_enable and
+    deprecated the old name; use whichever this version has.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def checkpointing_enabled(model: PreTrainedModel) -> bool:
+    """Whether activation checkpointing is on, under either transformers spelling."""
+    flag = getattr(type(model), "is_activation_checkpointing", None)
+    return bool(model.is_activation_checkpointing if flag is not None else model.is_gradient_checkpointing)

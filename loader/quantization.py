@@ -1,0 +1,48 @@
+"""LoadConfig -> transformers BitsAndBytesConfig (or None), and whether bitsandbytes can run here."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from loader.dtypes import to_torch
+from loader.host import HostCapabilities
+
+if TYPE_CHECKING:
+    from transformers import BitsAndBytesConfig
+
+    from loader.config import LoadConfig
+
+QUANTIZATION = ("none", "bnb-8bit", "bnb-4bit")
+QUANT_TYPES = ("nf4", "fp4")
+
+
+def quantization_unsupported_reason(quantization: str, caps: HostCapabilities) -> str | None:
+    """One sentence saying why bitsandbytes cannot quantize on this host, or None if it can."""
+    if quantization == "none":
+        return None
+    if caps.bitsandbytes_version is None:
+        why = f" ({caps.bitsandbytes_error})" if caps.bitsandbytes_error else ""
+        return f"quantization={quantization!r} needs bitsandbytes, which cannot be imported here{why}."
+    if caps.device_type not in caps.bitsandbytes_devices:
+        return (
+            f"quantization={quantization!r}: bitsandbytes {caps.bitsandbytes_version} has no working "
+            f"{caps.device_type} backend on this host (it supports: {', '.join(caps.bitsandbytes_devices) or 'none'})."
+        )
+    return None
+
+
+def bnb_config(config: LoadConfig) -> BitsAndBytesConfig | None:
+    """The BitsAndBytesConfig transformers 5 expects (load_in_* keyword arguments are gone)."""
+    if config.quantization == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if config.quantization == "bnb-8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=config.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=config.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=to_torch(config.compute_dtype),
+        bnb_4bit_quant_storage=to_torch(config.bnb_4bit_quant_storage),
+    )

@@ -1,0 +1,53 @@
+"""Developer sessions: tests, lint, typecheck, perf (pytest-benchmark), gpu (CUDA hosts only)."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+# torch==2.13.0 first: a bare torch requirement would pull a multi-GB CUDA build on CPU machines.
+TORCH = "torch==2.13.0"
+
+
+def _install(session: nox.Session) -> None:
+    session.install(TORCH)
+    session.install("-e", ".[dev]")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The unit and integration tests (CPU, offline)."""
+    _install(session)
+    session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    _install(session)
+    session.run("mypy")
+
+
+@nox.session
+def perf(session: nox.Session) -> None:
+    """Benchmarks (pytest-benchmark): targets live here, not in timed unit tests."""
+    _install(session)
+    session.run(
+        "pytest",
+        "-q",
+        "-m",
+        "perf",
+        "--benchmark-enable",
+        "--benchmark-only",
+        "--benchmark-json",
+        "perf.json",
+        *session.posargs,
+    )
