@@ -22,6 +22,7 @@ class Stats:
     """Summary of repeated samples of one metric (seconds, or whatever the samples are in)."""
 
     samples: list[float]
+    window: tuple[float, float] | None = None  # time.monotonic() at the first and after the last sample
 
     @property
     def n(self) -> int:
@@ -89,6 +90,7 @@ def measure(fn: Callable[[], Any], budget: Budget, sync: Callable[[], None] = la
     sync()
     samples: list[float] = []
     deadline = time.perf_counter() + budget.seconds
+    window_start = time.monotonic()
     while len(samples) < budget.max_n:
         start = time.perf_counter()
         fn()
@@ -98,7 +100,7 @@ def measure(fn: Callable[[], Any], budget: Budget, sync: Callable[[], None] = la
             stats = Stats(samples)
             if stats.rel_iqr <= budget.target_rel_iqr or time.perf_counter() >= deadline:
                 break
-    return Stats(samples)
+    return Stats(samples, window=(window_start, time.monotonic()))
 
 
 # -- memory ----------------------------------------------------------------------------------------

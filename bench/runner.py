@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.derived import derive
 from bench.matrix import Cell
 from bench.probes import Budget
 from bench.progress import Progress
 from bench.store import RunStore
 
-TEMPLATE_MODULES = ["bench.worker"]  # imports torch, transformers, bitsandbytes, peft; never CUDA
+TEMPLATE_MODULES = ["bench.template"]  # torch, transformers, peft, bitsandbytes; never CUDA
 DEFAULT_TIMEOUT_S = {"cuda": 300.0, "cpu": 120.0}
 _OOM_EVENTS = Path("/sys/fs/cgroup/memory.events")
 
@@ -38,22 +39,36 @@ def worker_environment() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-def start_template() -> tuple[Any, float]:
-    """Start (once per process) the forkserver that holds the warm imports; returns (context, seconds)."""
+def start_template() -> tuple[Any, float, str]:
+    """Start the forkserver that holds the warm imports; returns (context, seconds, isolation mode).
+
+    If a forked child finds CUDA already initialised by the template (a "bad fork"), cells could not
+    use the GPU; then every cell gets a cold interpreter instead (slower, still isolated), and the
+    mode says so.
+    """
     worker_environment()
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(TEMPLATE_MODULES)
     start = time.perf_counter()
     multiprocessing.forkserver.ensure_running()
     # ensure_running returns before the preload finishes; one trivial child waits for it.
-    proc = ctx.Process(target=_noop)
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_fork_check, args=(send,))
     proc.start()
+    send.close()
+    bad_fork = recv.recv() if recv.poll(300) else True
     proc.join()
-    return ctx, time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    if bad_fork:
+        return multiprocessing.get_context("spawn"), elapsed, "spawn: the template had initialised CUDA"
+    return ctx, elapsed, "forkserver"
 
 
-def _noop() -> None:
-    pass
+def _fork_check(conn: Any) -> None:
+    import torch
+
+    conn.send(bool(torch.cuda._is_in_bad_fork()))
+    conn.close()
 
 
 def _oom_kills() -> int | None:
@@ -66,6 +81,40 @@ def _oom_kills() -> int | None:
     except (OSError, ValueError):
         return None
     return None
+
+
+def _no_nvml_columns(last_phase: str) -> dict[str, Any]:
+    """NVML columns on a host without NVML: null, with the reason."""
+    reason = "NVML is not available on this host (no NVIDIA driver or GPU)"
+    out: dict[str, Any] = {"mem.nvml_source": None, "mem.nvml_source.reason": reason}
+    for phase in ("load", "prefill", "decode", "train"):
+        for kind in ("device", "process"):
+            out[f"mem.{phase}.nvml_{kind}_bytes"] = None
+            out[f"mem.{phase}.nvml_{kind}_bytes.reason"] = reason
+    for workload in ("prefill", "decode", "train"):
+        out[f"energy.{workload}.j_per_token"] = None
+        out[f"energy.{workload}.j_per_token.reason"] = reason
+    return out
+
+
+def run_calibration(ctx: Any, lane: str | None, log: Path, timeout_s: float = 120.0) -> dict[str, Any]:
+    """Run the calibration probe in a cell process (the parent never touches CUDA)."""
+    from bench import worker_entry
+
+    recv, send = ctx.Pipe(duplex=False)
+    task = {"kind": "calibrate", "visible_devices": lane, "log": str(log)}
+    proc = ctx.Process(target=worker_entry.main, args=(task, send))
+    proc.start()
+    send.close()
+    result: dict[str, Any] = {"reason": "the calibration probe did not finish"}
+    if recv.poll(timeout_s):
+        with contextlib.suppress(EOFError):
+            result = recv.recv()
+    proc.join(timeout=10)
+    if proc.exitcode is None:
+        proc.kill()
+        proc.join()
+    return result
 
 
 @dataclass
@@ -83,6 +132,7 @@ class Running:
     ready_at: float | None = None
     phase: str = "starting"
     result: dict[str, Any] | None = None
+    windows: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -91,6 +141,9 @@ class RunOptions:
     budget: Budget = field(default_factory=Budget)
     lanes: list[str | None] = field(default_factory=lambda: [None])  # CUDA_VISIBLE_DEVICES per lane
     faults: dict[str, str] = field(default_factory=dict)  # test-only: cell_id or label -> fault
+    samplers: dict[int, Any] = field(default_factory=dict)  # lane -> NvmlSampler (GPU lanes only)
+    model_config: dict[str, Any] | None = None  # the checkpoint's config.json, for derived metrics
+    calibration: dict[str, Any] | None = None
 
 
 class Runner:
@@ -150,6 +203,8 @@ class Runner:
         proc = self.ctx.Process(target=worker_entry.main, args=(task, send), daemon=False)
         proc.start()
         send.close()
+        if lane in self.options.samplers:
+            self.options.samplers[lane].begin_cell(proc.pid)
         self.progress.cell_started(cell)
         return Running(cell, proc, recv, lane, now, now + self.timeout_s, time.time(), oom_before)
 
@@ -161,7 +216,11 @@ class Runner:
                     run.ready_at = msg["t"]
                 elif msg["event"] == "phase":
                     run.phase = msg["phase"]
+                    if run.lane in self.options.samplers:
+                        self.options.samplers[run.lane].phase(run.phase)
                     self.progress.phase(run.cell, run.phase)
+                elif msg["event"] == "window":
+                    run.windows.append({k: v for k, v in msg.items() if k != "event"})
                 elif msg["event"] == "result":
                     run.result = msg
 
@@ -190,6 +249,13 @@ class Runner:
     def _record(self, run: Running, status: str, reason: str | None, extra: dict[str, Any]) -> dict[str, Any]:
         record = self._base_record(run.cell, status, reason)
         record.update(extra)
+        sampler = self.options.samplers.get(run.lane)
+        if sampler is not None:
+            record.update(sampler.end_cell(run.windows))
+        else:
+            record.update(_no_nvml_columns(run.phase))
+        if status == "ok" and self.options.model_config:
+            record.update(derive(record, self.options.model_config, self.options.calibration))
         record.update(
             {
                 "phase": run.phase,

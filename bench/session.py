@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -13,7 +14,8 @@ from bench.matrix import MatrixSpec
 from bench.planning import make_plan
 from bench.probes import Budget
 from bench.progress import make_progress
-from bench.runner import Runner, RunOptions, start_template
+from bench.runner import Runner, RunOptions, run_calibration, start_template
+from bench.sampler import NvmlSampler, gpu_state, handle_for, import_nvml
 from bench.store import RunStore, select_shard
 
 
@@ -81,10 +83,25 @@ def run_matrix(request: RunRequest) -> int:
     store = RunStore.create(out, meta, resume=request.resume)
     budget = Budget(seconds=request.budget_s) if request.budget_s else Budget(seconds=1.0)
     progress = make_progress(request.live)
-    ctx, template_s = start_template()
+    ctx, template_s, isolation = start_template()
+    lanes = lanes_for(caps)
+    samplers = gpu_samplers(lanes)
     options = RunOptions(
-        timeout_s=request.timeout_s, budget=budget, lanes=lanes_for(caps), faults=request.faults or {}
+        timeout_s=request.timeout_s,
+        budget=budget,
+        lanes=lanes,
+        faults=request.faults or {},
+        samplers=samplers,
+        model_config=json.loads((plan.checkpoint / "config.json").read_text()),
     )
+    store.set_meta("template_startup_s", template_s)
+    store.set_meta("isolation", isolation)
+    if lanes[0] is not None:
+        options.calibration = run_calibration(ctx, lanes[0], store.directory / "logs" / "calibration.log")
+        store.set_meta("calibration", options.calibration)
+        store.set_meta(
+            "gpu_state_before", {lane: gpu_state(s.nvml, s.handle) for lane, s in samplers.items()}
+        )
     runner = Runner(store, plan.checkpoint, options, progress, ctx)
     done = store.final_cell_ids()
     progress.start(len(cells), sum(c.cell_id in done for c in cells))
@@ -93,11 +110,31 @@ def run_matrix(request: RunRequest) -> int:
         runner.run(cells)
     finally:
         progress.stop()
-    print_summary(store, cells, template_s)
+        for sampler in samplers.values():
+            sampler.stop()
+        if samplers:
+            store.set_meta(
+                "gpu_state_after", {lane: gpu_state(s.nvml, s.handle) for lane, s in samplers.items()}
+            )
+    print_summary(store, cells, template_s, isolation)
     return 0
 
 
-def print_summary(store: RunStore, cells: list[Any], template_s: float) -> None:
+def gpu_samplers(lanes: list[str | None]) -> dict[int, NvmlSampler]:
+    """One NVML sampler thread per GPU lane; none without NVML (the records then say why)."""
+    if lanes[0] is None:
+        return {}
+    nvml = import_nvml()
+    if nvml is None:
+        return {}
+    return {
+        i: NvmlSampler(nvml, handle_for(nvml, lane)).start()
+        for i, lane in enumerate(lanes)
+        if lane is not None
+    }
+
+
+def print_summary(store: RunStore, cells: list[Any], template_s: float, isolation: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -127,5 +164,5 @@ def print_summary(store: RunStore, cells: list[Any], template_s: float) -> None:
         )
     console = Console(width=None if sys.stdout.isatty() else 140)
     console.print(table)
-    console.print(f"warm template started in {template_s:.2f} s")
+    console.print(f"worker template ({isolation}) started in {template_s:.2f} s")
     console.print(f"run directory: {store.directory}")

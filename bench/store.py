@@ -339,6 +339,13 @@ class RunStore:
         self._write_meta(old)
         self._env_index = len(environments(old)) - 1
 
+    def set_meta(self, key: str, value: Any) -> None:
+        """Record a run-level fact learned while running (calibration, GPU state after the run)."""
+        with self._locked():
+            meta = copy.deepcopy(self.meta)
+            meta[key] = value
+            self._write_meta(meta)
+
     def _write_meta(self, meta: dict[str, Any]) -> None:
         _write_atomic(self.run_path, (_dumps(meta, RUN_FILE) + "\n").encode("utf-8"))
         self._meta = meta

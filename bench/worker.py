@@ -19,10 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import bitsandbytes  # noqa: F401  (warm template: imported once, before any cell forks)
-import peft  # noqa: F401
 import torch
-import transformers  # noqa: F401
+import transformers
 
 from bench.matrix import Cell
 from bench.probes import Budget, PhaseMemory, synchronizer
@@ -135,15 +133,20 @@ def run_cell(cell: Cell, checkpoint: Path, budget: Budget, send: Send) -> dict[s
     }
 
     send(event="phase", phase="load")
+    out.update(read_floor(checkpoint, device, sync))
     mem = PhaseMemory(device)
     mem.start()
     start = time.perf_counter()
     tokenizer = get_tokenizer(config)
     out["load.tokenizer_s"] = time.perf_counter() - start
     start = time.perf_counter()
+    transformers.AutoConfig.from_pretrained(checkpoint)
+    out["load.config_s"] = time.perf_counter() - start
+    start = time.perf_counter()
     model = get_model(config, caps, training="train" in cell.workloads and "train" not in dict(cell.dropped))
     sync()
     out["load.model_s"] = time.perf_counter() - start
+    out["load.model_over_floor"] = out["load.model_s"] / out["load.read_floor_s"]
     out["mem.footprint_bytes"] = int(model.get_memory_footprint())
     out["params"] = sum(p.numel() for p in model.parameters())
     vocab = min(len(tokenizer), model.config.vocab_size)
@@ -172,4 +175,38 @@ def run_cell(cell: Cell, checkpoint: Path, budget: Budget, send: Send) -> dict[s
         else:
             out.update(train(work))
         out.update(mem.columns(name))
+        for window in work.windows:
+            send(event="window", **window)
+        work.windows.clear()
     return out
+
+
+def warm_page_cache(files: list[Path]) -> None:
+    """Read every byte once so the floor and the load both see a warm page cache (the stated state)."""
+    for path in files:
+        with path.open("rb") as fh:
+            while fh.read(1 << 24):
+                pass
+
+
+def read_floor(checkpoint: Path, device: str, sync: Callable[[], None]) -> dict[str, Any]:
+    """load.read_floor_s: read every tensor of the checkpoint with safetensors onto the target device.
+
+    This is the I/O (and host-to-device) floor for loading; load.model_s / floor shows the overhead
+    transformers adds on top. Tensors are freed before the real load.
+    """
+    from safetensors.torch import load_file
+
+    files = sorted(checkpoint.glob("*.safetensors"))
+    warm_page_cache(files)
+    start = time.perf_counter()
+    total = 0
+    for path in files:
+        tensors = load_file(str(path), device=device)
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+        del tensors
+    sync()
+    elapsed = time.perf_counter() - start
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return {"load.read_floor_s": elapsed, "load.read_floor_bytes": total, "load.page_cache": "warm"}

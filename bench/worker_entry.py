@@ -1,4 +1,4 @@
-"""The function a cell's process starts in: redirect output to the cell's log, then run the cell.
+"""The function a cell's process starts in: redirect output to the cell's log, then run the task.
 
 Kept apart from bench.worker so the parent can name the target without importing torch.
 """
@@ -14,6 +14,14 @@ def main(task: dict[str, Any], conn: Any) -> None:
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.close(log_fd)
+    if task.get("kind") == "calibrate":
+        if task.get("visible_devices") is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = task["visible_devices"]
+        from bench.calibrate import calibrate
+
+        conn.send(calibrate())
+        conn.close()
+        return
     from bench.worker import cell_main
 
     cell_main(task, conn)

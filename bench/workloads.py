@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,6 +31,14 @@ class Workload:
     budget: Budget
     sync: Callable[[], None]
     pad_token_id: int | None = None
+    windows: list[dict[str, Any]] = field(default_factory=list)  # measured spans, for energy per token
+
+    def add_window(self, phase: str, stats: Stats, tokens_per_sample: int) -> None:
+        if stats.window is not None:
+            start, end = stats.window
+            self.windows.append(
+                {"phase": phase, "start": start, "end": end, "tokens": tokens_per_sample * stats.n}
+            )
 
     @property
     def tokens(self) -> int:
@@ -70,6 +78,7 @@ def prefill(w: Workload) -> dict[str, Any]:
             last["logits"] = w.model(w.input_ids, use_cache=False).logits
 
     latency = measure(step, w.budget, w.sync)
+    w.add_window("prefill", latency, w.tokens)
     check_finite(last["logits"], "prefill logits")
     return {
         **latency.columns("prefill.latency_s"),
@@ -131,6 +140,7 @@ def train(w: Workload) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
 
     step_s = measure(step, w.budget, w.sync)
+    w.add_window("train", step_s, w.tokens)
     return {
         **step_s.columns("train.step_s"),
         **step_s.map(lambda s: w.tokens / s).columns("train.tokens_per_s"),
@@ -187,11 +197,13 @@ def decode(w: Workload, use_cache: bool) -> dict[str, Any]:
         )
         runs.append((ttft, tpot, end - start))
 
-    measure(generate, w.budget, w.sync)
+    timed = measure(generate, w.budget, w.sync)
     runs = runs[w.budget.warmup :]
     batch = w.input_ids.shape[0]
+    w.add_window("decode", timed, batch * w.new_tokens)
     total = Stats([r[2] for r in runs])
     out = {
+        "decode.use_cache": use_cache,
         **Stats([r[0] for r in runs]).columns("decode.ttft_s"),
         **total.map(lambda s: batch * w.new_tokens / s).columns("decode.tokens_per_s"),
     }

@@ -1,0 +1,62 @@
+"""What the warm template imports before any cell forks from it: torch, transformers, peft and
+bitsandbytes, and never a CUDA context (a forked child cannot use CUDA its parent initialised).
+
+bitsandbytes asks torch for each GPU's compute capability at import time, which initialises CUDA. On a
+GPU host the template therefore imports it with `torch.cuda.get_device_capability` answered from NVML
+(which creates no context); bitsandbytes only uses the answer to pick its native library. The runner
+checks afterwards that a forked child is not in a "bad fork" and falls back to cold processes if it is.
+peft imports bitsandbytes as well, so it is imported only after that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import transformers  # noqa: F401
+
+
+def _nvml_capabilities() -> list[tuple[int, int]]:
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+        return [
+            tuple(pynvml.nvmlDeviceGetCudaComputeCapability(pynvml.nvmlDeviceGetHandleByIndex(i)))
+            for i in range(count)
+        ]
+    finally:
+        pynvml.nvmlShutdown()
+
+
+@contextlib.contextmanager
+def capability_from_nvml() -> Iterator[None]:
+    """Answer torch.cuda.get_device_capability from NVML while bitsandbytes imports."""
+    highest = max(_nvml_capabilities())
+    original = torch.cuda.get_device_capability
+    torch.cuda.get_device_capability = lambda device=None: highest  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.cuda.get_device_capability = original
+
+
+def import_bitsandbytes() -> None:
+    if torch.cuda.is_available() and not torch.cuda.is_initialized():
+        try:
+            with capability_from_nvml():
+                import bitsandbytes
+            return
+        except Exception:  # no pynvml / NVML error: import plainly; the runner's fork check decides
+            pass
+    import bitsandbytes  # noqa: F401
+
+
+import_bitsandbytes()
+
+# After bitsandbytes: peft imports it too, and must find it already imported under the patch.
+import peft  # noqa: E402,F401
+
+import bench.worker  # noqa: E402,F401  (the cell code itself, imported once)
