@@ -12,6 +12,7 @@ utilisation, not hardware FLOPs utilisation.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,7 +35,8 @@ DATASHEET = {
 def datasheet_peak(gpu_name: str) -> tuple[float, float] | None:
     """(bf16 TFLOP/s, TB/s) for a GPU name, most specific match first; None when unknown."""
     for key in sorted(DATASHEET, key=len, reverse=True):
-        if key.lower() in gpu_name.lower():
+        # whole tokens only: "L4" must not match "NVIDIA L40", nor "H200" "NVIDIA GH200"
+        if re.search(rf"(?<![0-9a-z]){re.escape(key)}(?![0-9a-z])", gpu_name, re.IGNORECASE):
             return DATASHEET[key]
     return None
 

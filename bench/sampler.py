@@ -181,6 +181,8 @@ def _energy_at(series: list[tuple[float, int]], t: float) -> float | None:
     """The energy counter at time t, interpolated between the samples around it."""
     times = [s[0] for s in series]
     i = bisect.bisect_left(times, t)
+    if i < len(series) and times[i] == t:  # on a sample (the first one included): no interpolation
+        return float(series[i][1])
     if i == 0 or i >= len(series):
         return None
     (t0, e0), (t1, e1) = series[i - 1], series[i]

@@ -94,6 +94,7 @@ def run_matrix(request: RunRequest) -> int:
         samplers=samplers,
         model_config=json.loads((plan.checkpoint / "config.json").read_text()),
     )
+    (store.directory / "logs").mkdir(exist_ok=True)
     store.set_meta("template_startup_s", template_s)
     store.set_meta("isolation", isolation)
     if lanes[0] is not None:

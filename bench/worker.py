@@ -32,6 +32,7 @@ from bench.workloads import (
     first_forward,
     make_inputs,
     prefill,
+    repacked_for_cpu,
     train,
 )
 from loader import LoadConfigError, UnsupportedOnHost, current_host, get_model, get_tokenizer
@@ -109,16 +110,6 @@ def _release(model: Any) -> None:
         torch.cuda.empty_cache()
 
 
-def _repacked_for_cpu(model: Any) -> bool:
-    """bitsandbytes repacks Linear4bit weights on the first no-grad CPU forward (AVX512-BF16 hosts);
-    after that, gradients silently stop at those layers, so training needs a freshly loaded model."""
-    for module in model.modules():
-        state = getattr(getattr(module, "weight", None), "quant_state", None)
-        if state is not None and getattr(state, "packing_format_for_cpu", False):
-            return True
-    return False
-
-
 def run_cell(cell: Cell, checkpoint: Path, budget: Budget, send: Send) -> dict[str, Any]:
     """Load the cell's model, then run its workloads; returns flat metric columns."""
     torch.set_num_threads(cell.threads)
@@ -161,7 +152,7 @@ def run_cell(cell: Cell, checkpoint: Path, budget: Budget, send: Send) -> dict[s
         if name not in cell.workloads or name in dict(cell.dropped):
             continue
         send(event="phase", phase=name)
-        if name == "train" and _repacked_for_cpu(work.model):
+        if name == "train" and repacked_for_cpu(work.model):
             _release(work.model)
             work.model = get_model(config, caps, training=True)
             out["train.fresh_model"] = True

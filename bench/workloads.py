@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,9 +119,46 @@ def attach_lora(model: Any, gradient_checkpointing: bool) -> Any:
     return get_peft_model(model, lora)
 
 
+def repacked_for_cpu(model: Any) -> bool:
+    """bitsandbytes repacks Linear4bit weights on the first no-grad CPU forward (AVX512-BF16 hosts);
+    the repacked kernel has no autograd, so gradients through those layers are silently wrong."""
+    for module in model.modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            return True
+    return False
+
+
+_NO_AUTOGRAD = "autograd kernel was not registered"
+
+
+def backward_checked(loss: torch.Tensor) -> None:
+    """loss.backward(), refusing a backward that ran through an op without an autograd kernel.
+
+    torch only warns there ("silently incorrect behavior"); a gradient measured that way is not a
+    training step, so the warning becomes an invalid cell.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss.backward()
+    for warning in caught:
+        text = str(warning.message)
+        if _NO_AUTOGRAD in text:
+            op = text.split(": an autograd kernel", 1)[0]
+            raise InvalidMeasurement(
+                f"backward ran through {op}, which has no autograd kernel, so gradients are wrong."
+            )
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+
+
 def train(w: Workload) -> dict[str, Any]:
     """Forward + backward + AdamW step on the trainable parameters; one sample per step."""
     model = w.model
+    if repacked_for_cpu(model):
+        raise InvalidMeasurement(
+            "bitsandbytes repacked the 4-bit weights for CPU inference (after a no-grad forward); "
+            "training through them gives wrong gradients, so train needs a freshly loaded model."
+        )
     model.train()
     params = [p for _, p in trainable_parameters(model)]
     if not params:
@@ -132,9 +170,11 @@ def train(w: Workload) -> dict[str, Any]:
         loss = model(w.input_ids, labels=w.input_ids, use_cache=False).loss
         if not torch.isfinite(loss):
             raise InvalidMeasurement(f"the training loss is not finite ({loss.item()}).")
-        loss.backward()
         if not checked["grads"]:
+            backward_checked(loss)
             check_gradients(model)
+        else:
+            loss.backward()
             checked["grads"] = True
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
