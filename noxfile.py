@@ -51,3 +51,14 @@ def perf(session: nox.Session) -> None:
         "perf.json",
         *session.posargs,
     )
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """The `gpu` preset on a CUDA host (install the CUDA build of torch you want first)."""
+    session.install("-e", ".[dev]")
+    has_cuda = session.run("python", "-c", "import torch; print(torch.cuda.is_available())", silent=True)
+    if "True" not in str(has_cuda):
+        session.skip("no CUDA GPU on this host; `nox -s gpu` runs the gpu preset on one")
+    preset = session.posargs[0] if session.posargs else "gpu"
+    session.run("loadbench", "run", "--preset", preset, "--out", f"runs/{preset}", "--no-live")

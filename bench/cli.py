@@ -93,9 +93,13 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from bench.session import RunRequest, run_matrix
+    from bench.units import parse_size
 
+    spec = load_spec(args)
+    if args.vram_limit:
+        spec = spec.with_overrides(vram_limit_bytes=parse_size(args.vram_limit, "--vram-limit"))
     request = RunRequest(
-        spec=load_spec(args),
+        spec=spec,
         out=Path(args.out) if args.out else None,
         resume=args.resume,
         shard=args.shard,
@@ -153,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, help="seconds per cell (default 300 on GPU, 120 on CPU)")
     run.add_argument("--budget", type=float, help="seconds of sampling per metric (default 1)")
     run.add_argument("--no-live", action="store_true", help="plain progress lines even on a terminal")
+    run.add_argument(
+        "--vram-limit",
+        help="emulate a smaller GPU, e.g. 24GiB (CUDA: allocator fraction; CPU: RLIMIT_DATA on the cell process)",
+    )
     run.set_defaults(func=_cmd_run)
 
     plan = sub.add_parser("plan", help="list the cells a run would measure, and why any are skipped")

@@ -84,6 +84,7 @@ class MatrixSpec:
     shape: Shape = field(default_factory=Shape)
     threads: int = 1
     load: tuple[tuple[str, Any], ...] = ()
+    vram_limit_bytes: int | None = None  # emulate a smaller GPU (or cap CPU memory); part of what is measured
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -97,6 +98,10 @@ class MatrixSpec:
             value = getattr(self.shape, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SpecError(f"shape.{name}={value!r} must be a positive integer.")
+        if self.vram_limit_bytes is not None and (
+            not isinstance(self.vram_limit_bytes, int) or self.vram_limit_bytes <= 0
+        ):
+            raise SpecError(f"vram_limit_bytes={self.vram_limit_bytes!r} must be a positive number of bytes.")
         if not isinstance(self.threads, int) or self.threads < 1:
             raise SpecError(f"threads={self.threads!r} must be a positive integer.")
         for key, _ in self.load:
@@ -207,7 +212,7 @@ def load_preset(name: str) -> MatrixSpec:
 
 
 def _as_axis(name: str, value: Any) -> Any:
-    if name in ("model", "name", "threads"):
+    if name in ("model", "name", "threads", "vram_limit_bytes"):
         return value
     if name == "grad_ckpt":
         items = (
@@ -262,6 +267,7 @@ class Cell:
     shape: Shape
     threads: int
     load: tuple[tuple[str, Any], ...] = ()
+    vram_limit_bytes: int | None = None
     skip_reason: str | None = None
     dropped: tuple[tuple[str, str], ...] = ()  # workloads this cell cannot run, with the reason
 
@@ -276,6 +282,8 @@ class Cell:
             "load": [list(kv) for kv in self.load],
             "measure_version": MEASURE_VERSION,
         }
+        if self.vram_limit_bytes is not None:  # only when set, so ids of unlimited cells stay as they were
+            key["vram_limit_bytes"] = self.vram_limit_bytes
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @property
@@ -298,6 +306,7 @@ class Cell:
             "seq": self.shape.seq,
             "new_tokens": self.shape.new_tokens,
             "threads": self.threads,
+            "vram_limit_bytes": self.vram_limit_bytes,
         }
 
     def load_config(self, model_path: str | Path) -> LoadConfig:
@@ -347,6 +356,7 @@ def expand(spec: MatrixSpec, checkpoint: Path, fingerprint: str, caps: HostCapab
             spec.shape,
             spec.threads,
             spec.load,
+            spec.vram_limit_bytes,
         )
         cells.append(apply_rules(cell, checkpoint, caps))
     return cells

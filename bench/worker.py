@@ -85,9 +85,14 @@ def cell_main(task: dict[str, Any], conn: Any) -> None:
         conn.close()
 
 
+def _cpu_allocation_failure(exc: BaseException) -> bool:
+    """torch's CPU allocator reports exhaustion as a RuntimeError, not a MemoryError."""
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
 def classify(exc: BaseException) -> dict[str, Any]:
     """A failure as a final status with its reason (DESIGN.md section 5)."""
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or _cpu_allocation_failure(exc):
         status = "oom"
     elif isinstance(exc, (UnsupportedOnHost, NotImplementedError)):
         status = "unsupported"
@@ -110,6 +115,25 @@ def _release(model: Any) -> None:
         torch.cuda.empty_cache()
 
 
+def apply_memory_limit(limit: int, device: str) -> str:
+    """Make this process behave like one with `limit` bytes of memory; returns how.
+
+    On CUDA the caching allocator refuses to grow past the fraction (an H100 acts as a 24 GiB card;
+    the CUDA context itself is not counted). On the CPU, RLIMIT_DATA caps the process's private
+    writable memory (Linux 4.7+), which includes the few hundred MB the warm worker already holds.
+    """
+    if device.startswith("cuda"):
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, limit / total), device)
+        return f"torch.cuda.set_per_process_memory_fraction({min(1.0, limit / total):.4f})"
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    soft = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+    return f"RLIMIT_DATA={soft}"
+
+
 def run_cell(cell: Cell, checkpoint: Path, budget: Budget, send: Send) -> dict[str, Any]:
     """Load the cell's model, then run its workloads; returns flat metric columns."""
     torch.set_num_threads(cell.threads)
@@ -122,6 +146,8 @@ def run_cell(cell: Cell, checkpoint: Path, budget: Budget, send: Send) -> dict[s
         "threads": torch.get_num_threads(),  # read back, not the value asked for
         "dtype_resolved": config.resolved_dtype,
     }
+    if cell.vram_limit_bytes is not None:
+        out["vram_limit.mechanism"] = apply_memory_limit(cell.vram_limit_bytes, device)
 
     send(event="phase", phase="load")
     out.update(read_floor(checkpoint, device, sync))

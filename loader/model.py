@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from loader.config import LoadConfig
-from loader.dtypes import to_torch
+from loader.dtypes import resolve_dtype, to_torch
 from loader.errors import ModelLoadError, UnsupportedOnHost
 from loader.host import HostCapabilities, current_host
 from loader.quantization import bnb_config
@@ -34,16 +34,21 @@ def device_map(config: LoadConfig, caps: HostCapabilities) -> dict[str, str] | N
     return None
 
 
-def from_pretrained_kwargs(config: LoadConfig, caps: HostCapabilities) -> dict[str, Any]:
-    """The keyword arguments handed to AutoModelForCausalLM.from_pretrained (transformers 5 names)."""
-    dtype = config.resolved_dtype
+def from_pretrained_kwargs(
+    config: LoadConfig, caps: HostCapabilities, dtype: str | None = None
+) -> dict[str, Any]:
+    """The keyword arguments handed to AutoModelForCausalLM.from_pretrained (transformers 5 names).
+
+    `dtype` is the resolved model dtype when the caller already has it (saves re-reading the files).
+    """
+    dtype = dtype or config.resolved_dtype
     return {
         "revision": config.revision,
         "trust_remote_code": config.trust_remote_code,
         "dtype": "auto" if dtype == "auto" else to_torch(dtype),
         "attn_implementation": config.attn_implementation,
         "use_cache": config.resolved_use_cache,
-        "quantization_config": bnb_config(config),
+        "quantization_config": bnb_config(config, dtype),
         "device_map": device_map(config, caps),
         "local_files_only": config.local_files_only,
     }
@@ -61,10 +66,11 @@ def get_model(
     from transformers import AutoModelForCausalLM
 
     caps = caps or current_host()
-    reason = unsupported_reason(config, caps, training=bool(training))
+    dtype = resolve_dtype(config.dtype, config.config_dir)  # checks the files once
+    reason = unsupported_reason(config, caps, training=bool(training), dtype=dtype)
     if reason:
         raise UnsupportedOnHost(reason)
-    kwargs = from_pretrained_kwargs(config, caps)
+    kwargs = from_pretrained_kwargs(config, caps, dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path, **kwargs)
     except (torch.OutOfMemoryError, MemoryError):

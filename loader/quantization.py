@@ -31,8 +31,17 @@ def quantization_unsupported_reason(quantization: str, caps: HostCapabilities) -
     return None
 
 
-def bnb_config(config: LoadConfig) -> BitsAndBytesConfig | None:
-    """The BitsAndBytesConfig transformers 5 expects (load_in_* keyword arguments are gone)."""
+def _compute_dtype(config: LoadConfig, model_dtype: str | None) -> str:
+    if config.bnb_4bit_compute_dtype in (None, "auto") and model_dtype not in (None, "auto"):
+        return model_dtype  # type: ignore[return-value]
+    return config.compute_dtype
+
+
+def bnb_config(config: LoadConfig, model_dtype: str | None = None) -> BitsAndBytesConfig | None:
+    """The BitsAndBytesConfig transformers 5 expects (load_in_* keyword arguments are gone).
+
+    The 4-bit compute dtype defaults to the model dtype (`model_dtype`, resolved, when known).
+    """
     if config.quantization == "none":
         return None
     from transformers import BitsAndBytesConfig
@@ -43,6 +52,6 @@ def bnb_config(config: LoadConfig) -> BitsAndBytesConfig | None:
         load_in_4bit=True,
         bnb_4bit_quant_type=config.bnb_4bit_quant_type,
         bnb_4bit_use_double_quant=config.bnb_4bit_use_double_quant,
-        bnb_4bit_compute_dtype=to_torch(config.compute_dtype),
+        bnb_4bit_compute_dtype=to_torch(_compute_dtype(config, model_dtype)),
         bnb_4bit_quant_storage=to_torch(config.bnb_4bit_quant_storage),
     )

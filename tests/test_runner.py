@@ -241,3 +241,20 @@ def test_plain_progress_when_not_a_terminal(tiny_llama, tmp_path) -> None:
     assert "[1/2] ok" in result.stdout and "[2/2] ok" in result.stdout
     assert "\x1b[" not in result.stdout.split("loadbench summary")[0]  # no live display codes in logs
     assert f"run directory: {out}" in result.stdout.replace("\n", "")
+
+
+def test_vram_limit_turns_a_fitting_cell_into_oom(tiny_llama, tmp_path) -> None:
+    """CPU variant: RLIMIT_DATA on the cell's process; the same cell fits without the limit."""
+    spec = small_spec(tiny_llama, dtype=("float32",), attn=("sdpa",), workloads=("prefill", "train"),
+                      shape=Shape(batch=4, seq=256, new_tokens=2))
+    free, capped = tmp_path / "free", tmp_path / "capped"
+    run_matrix(RunRequest(spec, out=free, budget_s=0.1, live=False))
+    limited = spec.with_overrides(vram_limit_bytes=400 << 20)
+    run_matrix(RunRequest(limited, out=capped, budget_s=0.1, live=False))
+    (fits,) = final_records(free)
+    (oom,) = final_records(capped)
+    assert fits["status"] == "ok" and fits["vram_limit_bytes"] is None
+    assert oom["status"] == "oom" and oom["vram_limit_bytes"] == 400 << 20
+    assert "allocate memory" in oom["reason"] or oom["reason"].startswith("MemoryError")
+    assert RunStore.open(capped).meta["spec"]["vram_limit_bytes"] == 400 << 20
+    assert fits["cell_id"] != oom["cell_id"]  # a capped measurement is a different cell
