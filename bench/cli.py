@@ -106,6 +106,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         budget_s=args.budget,
         live=False if args.no_live else None,
+        executor=args.executor,
+        address=args.address,
     )
     return run_matrix(request)
 
@@ -157,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, help="seconds per cell (default 300 on GPU, 120 on CPU)")
     run.add_argument("--budget", type=float, help="seconds of sampling per metric (default 1)")
     run.add_argument("--no-live", action="store_true", help="plain progress lines even on a terminal")
+    run.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this host's GPUs (or CPU); ray: one task per cell on a Ray cluster",
+    )
+    run.add_argument("--address", help="Ray cluster address (default: start a local one)")
     run.add_argument(
         "--vram-limit",
         help="emulate a smaller GPU, e.g. 24GiB (CUDA: allocator fraction; CPU: RLIMIT_DATA on the cell process)",

@@ -101,3 +101,22 @@ def make_progress(live: bool | None = None) -> Progress:
     """Rich on a terminal, plain lines otherwise (so CI logs stay readable)."""
     live = sys.stdout.isatty() if live is None else live
     return RichProgress() if live else PlainProgress()
+
+
+class NullProgress:
+    """No display: for cells run on a remote node, whose progress the driver shows."""
+
+    def start(self, total: int, already_done: int) -> None:
+        pass
+
+    def cell_started(self, cell: Cell) -> None:
+        pass
+
+    def phase(self, cell: Cell, phase: str) -> None:
+        pass
+
+    def cell_finished(self, cell: Cell, record: dict[str, Any]) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass

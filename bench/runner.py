@@ -83,6 +83,24 @@ def _oom_kills() -> int | None:
     return None
 
 
+def record_skips(store: Any, cells: list[Cell], progress: Progress) -> None:
+    """Write the final `skipped` record of every planned cell a rule skipped (once per run)."""
+    done = store.final_cell_ids()
+    host = socket.gethostname()
+    for cell in cells:
+        if cell.skip_reason and cell.cell_id not in done:
+            record = {
+                "cell_id": cell.cell_id,
+                "status": "skipped",
+                "reason": cell.skip_reason,
+                "label": cell.label,
+                **cell.knobs(),
+                "host": host,
+            }
+            store.append(record)
+            progress.cell_finished(cell, record)
+
+
 def _no_nvml_columns(last_phase: str) -> dict[str, Any]:
     """NVML columns on a host without NVML: null, with the reason."""
     reason = "NVML is not available on this host (no NVIDIA driver or GPU)"
@@ -176,14 +194,6 @@ class Runner:
     def _finish(self, cell: Cell, record: dict[str, Any]) -> None:
         self.store.append(record)
         self.progress.cell_finished(cell, record)
-
-    def record_skips(self, cells: list[Cell]) -> None:
-        done = self.store.final_cell_ids()
-        for cell in cells:
-            if cell.skip_reason and cell.cell_id not in done:
-                self._finish(
-                    cell, {**self._base_record(cell, "skipped", cell.skip_reason), "host": self.hostname}
-                )
 
     # -- processes ---------------------------------------------------------------------------------
     def _start(self, cell: Cell, lane: int) -> Running:

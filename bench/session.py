@@ -14,7 +14,7 @@ from bench.matrix import MatrixSpec
 from bench.planning import make_plan
 from bench.probes import Budget
 from bench.progress import make_progress
-from bench.runner import Runner, RunOptions, run_calibration, start_template
+from bench.runner import Runner, RunOptions, record_skips, run_calibration, start_template
 from bench.sampler import NvmlSampler, gpu_state, handle_for, import_nvml
 from bench.store import RunStore, select_shard
 
@@ -28,7 +28,9 @@ class RunRequest:
     timeout_s: float | None = None
     budget_s: float | None = None
     live: bool | None = None
-    faults: dict[str, str] | None = None  # test-only fault injection, by cell_id
+    faults: dict[str, str] | None = None  # test-only fault injection, by cell_id or label
+    executor: str = "local"  # or "ray"
+    address: str | None = None  # Ray cluster address (None: start a local one)
 
 
 def git_commit() -> str | None:
@@ -81,8 +83,43 @@ def run_matrix(request: RunRequest) -> int:
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
     store = RunStore.create(out, meta, resume=request.resume)
+    (store.directory / "logs").mkdir(exist_ok=True)
     budget = Budget(seconds=request.budget_s) if request.budget_s else Budget(seconds=1.0)
     progress = make_progress(request.live)
+    done = store.final_cell_ids()
+    if request.executor == "ray":
+        summary = _run_on_ray(request, store, plan, cells, budget, progress, done)
+    else:
+        summary = _run_locally(request, store, plan, cells, budget, progress, caps, done)
+    print_summary(store, cells, summary)
+    return 0
+
+
+def _run_on_ray(request, store, plan, cells, budget, progress, done) -> str:  # type: ignore[no-untyped-def]
+    from bench.ray_executor import RayExecutor, import_ray
+
+    import_ray()  # one sentence before anything runs when Ray is missing
+    executor = RayExecutor(
+        store,
+        request.spec.model,
+        plan.fingerprint,
+        progress,
+        address=request.address,
+        timeout_s=request.timeout_s,
+        budget=budget,
+        faults=request.faults,
+    )
+    store.set_meta("executor", {"kind": "ray", "address": request.address})
+    progress.start(len(cells), sum(c.cell_id in done for c in cells))
+    try:
+        record_skips(store, cells, progress)
+        executor.run(cells)
+    finally:
+        progress.stop()
+    return "ray executor: each node forks cells from its own warm template"
+
+
+def _run_locally(request, store, plan, cells, budget, progress, caps, done) -> str:  # type: ignore[no-untyped-def]
     ctx, template_s, isolation = start_template()
     lanes = lanes_for(caps)
     samplers = gpu_samplers(lanes)
@@ -94,7 +131,7 @@ def run_matrix(request: RunRequest) -> int:
         samplers=samplers,
         model_config=json.loads((plan.checkpoint / "config.json").read_text()),
     )
-    (store.directory / "logs").mkdir(exist_ok=True)
+    store.set_meta("executor", {"kind": "local", "lanes": lanes})
     store.set_meta("template_startup_s", template_s)
     store.set_meta("isolation", isolation)
     if lanes[0] is not None:
@@ -104,10 +141,9 @@ def run_matrix(request: RunRequest) -> int:
             "gpu_state_before", {lane: gpu_state(s.nvml, s.handle) for lane, s in samplers.items()}
         )
     runner = Runner(store, plan.checkpoint, options, progress, ctx)
-    done = store.final_cell_ids()
     progress.start(len(cells), sum(c.cell_id in done for c in cells))
     try:
-        runner.record_skips(cells)
+        record_skips(store, cells, progress)
         runner.run(cells)
     finally:
         progress.stop()
@@ -117,8 +153,7 @@ def run_matrix(request: RunRequest) -> int:
             store.set_meta(
                 "gpu_state_after", {lane: gpu_state(s.nvml, s.handle) for lane, s in samplers.items()}
             )
-    print_summary(store, cells, template_s, isolation)
-    return 0
+    return f"worker template ({isolation}) started in {template_s:.2f} s"
 
 
 def gpu_samplers(lanes: list[str | None]) -> dict[int, NvmlSampler]:
@@ -135,7 +170,7 @@ def gpu_samplers(lanes: list[str | None]) -> dict[int, NvmlSampler]:
     }
 
 
-def print_summary(store: RunStore, cells: list[Any], template_s: float, isolation: str) -> None:
+def print_summary(store: RunStore, cells: list[Any], how: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -165,5 +200,5 @@ def print_summary(store: RunStore, cells: list[Any], template_s: float, isolatio
         )
     console = Console(width=None if sys.stdout.isatty() else 140)
     console.print(table)
-    console.print(f"worker template ({isolation}) started in {template_s:.2f} s")
+    console.print(how)
     console.print(f"run directory: {store.directory}")

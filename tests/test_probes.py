@@ -1,0 +1,314 @@
+"""bench.probes: Stats against numpy, the adaptive `measure` loop, per-phase peak memory on the CPU."""
+
+from __future__ import annotations
+
+import gc
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench import probes
+from bench.probes import Budget, PhaseMemory, Stats, measure, reset_rss_peak
+
+samples_st = st.lists(
+    st.floats(min_value=1e-6, max_value=1e3, allow_nan=False, allow_infinity=False), min_size=2, max_size=60
+)
+
+
+# -- Stats -----------------------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(samples_st)
+def test_stats_quantiles_match_numpy(samples: list[float]) -> None:
+    s = Stats(samples)
+    a = np.asarray(samples)
+    assert s.n == len(samples)
+    assert s.median == pytest.approx(np.median(a), rel=1e-9)
+    assert s.quantile(0.10) == pytest.approx(np.percentile(a, 10), rel=1e-9)
+    assert s.quantile(0.90) == pytest.approx(np.percentile(a, 90), rel=1e-9)
+    iqr = np.percentile(a, 75) - np.percentile(a, 25)
+    assert s.iqr == pytest.approx(iqr, rel=1e-9, abs=1e-9 * float(a.max()))
+    assert s.quantile(0.0) == min(samples)
+    assert s.quantile(1.0) == max(samples)
+
+
+def test_stats_quantiles_on_seeded_random_samples() -> None:
+    rng = np.random.default_rng(1234)
+    for n in (2, 3, 5, 10, 11, 50, 101):
+        a = rng.lognormal(mean=-3.0, sigma=0.4, size=n)
+        s = Stats(a.tolist())
+        cols = s.columns("x")
+        assert cols["x"] == pytest.approx(np.median(a))
+        assert cols["x.p10"] == pytest.approx(np.percentile(a, 10))
+        assert cols["x.p90"] == pytest.approx(np.percentile(a, 90))
+        assert cols["x.iqr"] == pytest.approx(np.percentile(a, 75) - np.percentile(a, 25))
+        assert cols["x.n"] == n
+
+
+def test_stats_single_sample() -> None:
+    s = Stats([0.25])
+    cols = s.columns("t")
+    assert cols["t"] == cols["t.p10"] == cols["t.p90"] == 0.25
+    assert cols["t.iqr"] == 0.0
+    assert cols["t.n"] == 1
+    assert cols["t.noisy"] is False
+
+
+def test_columns_names() -> None:
+    cols = Stats([1.0, 2.0, 3.0]).columns("prefill.latency_s")
+    assert set(cols) == {
+        "prefill.latency_s",
+        "prefill.latency_s.p10",
+        "prefill.latency_s.p90",
+        "prefill.latency_s.iqr",
+        "prefill.latency_s.n",
+        "prefill.latency_s.noisy",
+        "prefill.latency_s.samples",
+    }
+    assert cols["prefill.latency_s.samples"] == [1.0, 2.0, 3.0]
+
+
+def test_columns_samples_are_a_copy() -> None:
+    samples = [1.0, 2.0]
+    cols = Stats(samples).columns("x")
+    samples.append(99.0)
+    assert cols["x.samples"] == [1.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    ("samples", "noisy"),
+    [
+        # median 1.0, IQR 0.04 -> 4 %
+        ([0.96, 0.98, 1.0, 1.02, 1.04], False),
+        # median 1.0, IQR 0.5 -> 50 %
+        ([0.5, 0.75, 1.0, 1.25, 1.5], True),
+        # just either side of 10 %: IQR of [a, b, c, d, e] (numpy linear) is d - b
+        ([0.9, 0.951, 1.0, 1.049, 1.1], False),  # 9.8 %
+        ([0.9, 0.949, 1.0, 1.051, 1.1], True),  # 10.2 %
+    ],
+)
+def test_noisy_flag_above_ten_percent_relative_iqr(samples: list[float], noisy: bool) -> None:
+    a = np.asarray(samples)
+    rel = (np.percentile(a, 75) - np.percentile(a, 25)) / np.median(a)
+    assert bool(rel > 0.10) is noisy  # the case itself is what it says
+    assert Stats(samples).columns("x")["x.noisy"] is noisy
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.floats(min_value=1e-4, max_value=10.0), min_size=1, max_size=40).filter(lambda x: len(x) % 2)
+)
+def test_map_pairs_each_sample_with_its_own_time(latencies: list[float]) -> None:
+    tokens = 4096
+    rate = Stats(latencies).map(lambda s: tokens / s)
+    assert rate.n == len(latencies)
+    assert rate.samples == [tokens / s for s in latencies]  # same order: sample i is latency i's rate
+    # odd n: the median is one real sample, and 1/x is monotone, so it is tokens / median latency
+    assert rate.median == pytest.approx(tokens / Stats(latencies).median)
+
+
+def test_map_is_not_the_mean_rate() -> None:
+    latencies = [1.0, 1.0, 4.0]
+    rate = Stats(latencies).map(lambda s: 12 / s)
+    assert rate.median == 12.0  # not 12 / mean(latency) = 6
+    assert rate.samples == [12.0, 12.0, 3.0]
+
+
+# -- measure ---------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    """Replaces bench.probes' `time`: each call of the measured function advances it by a set cost."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(probes, "time", fake)
+    return fake
+
+
+def counter(clock: FakeClock, costs: Any) -> tuple[Any, list[int]]:
+    """A measured function that counts its calls and takes costs[i % len] seconds on call i."""
+    calls = [0]
+
+    def fn() -> None:
+        clock.now += costs[calls[0] % len(costs)]
+        calls[0] += 1
+
+    return fn, calls
+
+
+SPREAD = [1.0, 2.0, 3.0, 5.0, 8.0]  # relative IQR far above any target
+
+
+@pytest.mark.parametrize("warmup", [0, 1, 3])
+def test_warmups_are_not_counted(clock: FakeClock, warmup: int) -> None:
+    fn, calls = counter(clock, SPREAD)
+    stats = measure(fn, Budget(min_n=4, max_n=7, seconds=1e9, warmup=warmup))
+    assert calls[0] == warmup + stats.n
+    assert stats.n == 7
+
+
+def test_warmup_samples_do_not_enter_the_stats(clock: FakeClock) -> None:
+    # the first (cold) call costs 100 s, the rest 1 s
+    costs = [100.0] + [1.0] * 50
+    fn, _ = counter(clock, costs)
+    stats = measure(fn, Budget(min_n=3, max_n=10, seconds=1e9, warmup=1))
+    assert max(stats.samples) == 1.0
+
+
+def test_min_n_respected_with_a_zero_budget(clock: FakeClock) -> None:
+    fn, calls = counter(clock, SPREAD)
+    stats = measure(fn, Budget(min_n=5, max_n=50, seconds=0.0, warmup=2))
+    assert stats.n == 5
+    assert calls[0] == 7
+
+
+def test_stops_at_max_n(clock: FakeClock) -> None:
+    fn, calls = counter(clock, SPREAD)
+    stats = measure(fn, Budget(min_n=2, max_n=12, seconds=1e9, warmup=0))
+    assert stats.n == 12
+    assert calls[0] == 12
+
+
+def test_stops_when_the_time_budget_is_spent(clock: FakeClock) -> None:
+    fn, _ = counter(clock, SPREAD)  # 19 s per five calls, never settles
+    stats = measure(fn, Budget(min_n=3, max_n=1000, seconds=30.0, warmup=0))
+    assert sum(stats.samples) >= 30.0
+    assert sum(stats.samples[:-1]) < 30.0  # the one that crossed the deadline is the last
+
+
+def test_stops_early_when_the_spread_is_tiny(clock: FakeClock) -> None:
+    fn, calls = counter(clock, [0.5])  # constant cost: relative IQR 0
+    stats = measure(fn, Budget(min_n=6, max_n=50, seconds=1e9, warmup=1))
+    assert stats.n == 6
+    assert calls[0] == 7
+    assert stats.samples == [0.5] * 6
+
+
+def test_stops_once_the_spread_settles_below_the_target(clock: FakeClock) -> None:
+    # three noisy samples, then steady ones: stops as soon as the relative IQR reaches the target
+    costs = [1.0, 3.0, 9.0] + [2.0] * 100
+    fn, _ = counter(clock, costs)
+    budget = Budget(min_n=3, max_n=100, seconds=1e9, target_rel_iqr=0.05, warmup=0)
+    stats = measure(fn, budget)
+    assert Stats(stats.samples).rel_iqr <= 0.05
+    assert Stats(stats.samples[:-1]).rel_iqr > 0.05
+    assert stats.n < 100
+
+
+def test_window_follows_the_fake_clock(clock: FakeClock) -> None:
+    fn, _ = counter(clock, [0.25])
+    start = clock.now
+    stats = measure(fn, Budget(min_n=4, max_n=4, seconds=1e9, warmup=2))
+    assert stats.window == (start + 0.5, start + 0.5 + 4 * 0.25)  # warm-ups precede the window
+
+
+def test_window_is_monotonic_and_covers_the_samples() -> None:
+    calls = [0]
+
+    def fn() -> None:
+        calls[0] += 1
+        time.sleep(0.005)
+
+    before = time.monotonic()
+    stats = measure(fn, Budget(min_n=5, max_n=8, seconds=0.05, warmup=1))
+    after = time.monotonic()
+    assert stats.window is not None
+    start, end = stats.window
+    assert before <= start <= end <= after
+    assert end - start >= 0.9 * sum(stats.samples)
+    assert all(s >= 0.004 for s in stats.samples)
+    assert 5 <= stats.n <= 8
+    assert calls[0] == stats.n + 1
+
+
+def test_sync_runs_after_every_sample(clock: FakeClock) -> None:
+    events: list[str] = []
+
+    def fn() -> None:
+        events.append("fn")
+        clock.now += 1.0
+
+    measure(fn, Budget(min_n=3, max_n=3, seconds=1e9, warmup=1), sync=lambda: events.append("sync"))
+    assert events == ["fn", "sync", "fn", "sync", "fn", "sync", "fn", "sync"]
+
+
+# -- memory ----------------------------------------------------------------------------------------
+
+MB = 1024 * 1024
+
+
+def _touch(nbytes: int) -> bytearray:
+    buf = bytearray(nbytes)
+    buf[::4096] = b"\x01" * len(range(0, nbytes, 4096))  # make every page resident
+    return buf
+
+
+def test_rss_peak_resets_per_phase() -> None:
+    if not Path("/proc/self/status").exists():
+        pytest.skip("no /proc/self/status on this OS")
+    if not reset_rss_peak():
+        pytest.skip("/proc/self/clear_refs is not writable here; the RSS peak cannot be reset")
+    mem = PhaseMemory("cpu")
+
+    mem.start()
+    big = _touch(200 * MB)
+    first = mem.columns("load")
+    del big
+    gc.collect()
+
+    mem.start()
+    small = _touch(4 * MB)
+    second = mem.columns("prefill")
+    del small
+
+    assert mem.rss_resettable
+    p1, p2 = first["mem.load.rss_bytes"], second["mem.prefill.rss_bytes"]
+    assert "mem.load.rss_bytes.reason" not in first
+    assert p1 - p2 > 150 * MB, (p1, p2)
+
+
+def test_rss_peak_without_reset_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not Path("/proc/self/status").exists():
+        pytest.skip("no /proc/self/status on this OS")
+    monkeypatch.setattr(probes, "reset_rss_peak", lambda: False)
+    mem = PhaseMemory("cpu")
+    mem.start()
+    out = mem.columns("train")
+    assert out["mem.train.rss_bytes"] > 0
+    assert "could not be reset" in out["mem.train.rss_bytes.reason"]
+
+
+def test_rss_unreadable_is_null_with_reason(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(probes, "_STATUS", tmp_path / "missing")
+    out = PhaseMemory("cpu").columns("load")
+    assert out["mem.load.rss_bytes"] is None
+    assert out["mem.load.rss_bytes.reason"]
+
+
+def test_torch_columns_are_null_on_the_cpu() -> None:
+    mem = PhaseMemory("cpu")
+    mem.start()
+    out = mem.columns("decode")
+    for kind in ("allocated", "reserved"):
+        col = f"mem.decode.torch_{kind}_bytes"
+        assert col in out
+        assert out[col] is None
+        assert "GPU" in out[f"{col}.reason"]
