@@ -160,3 +160,31 @@ def test_same_cell_twice_medians_inside_each_others_iqr(benchmark, tiny_llama, t
         {"medians": [first[key], second[key]], "iqrs": [first[f"{key}.iqr"], second[f"{key}.iqr"]]}
     )
     assert lo1 <= second[key] <= hi1 or lo2 <= first[key] <= hi2
+
+
+def test_ray_per_cell_overhead_over_local(benchmark, tiny_llama, tmp_path, monkeypatch) -> None:
+    """One-node CPU Ray cluster vs the local executor on the same 8 cells; target: at most 0.5 s per cell."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'loadbench[ray]')")
+    import ray
+
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    spec = _spec(tiny_llama, quant=("none", "8bit"), workloads=("prefill", "decode"))
+    start = time.perf_counter()
+    run_matrix(RunRequest(spec, out=tmp_path / "local", budget_s=0.2, live=False))
+    local_s = time.perf_counter() - start
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # cluster start is not per-cell cost
+    try:
+        benchmark.pedantic(
+            lambda: run_matrix(
+                RunRequest(spec, out=tmp_path / "ray", budget_s=0.2, live=False, executor="ray")
+            ),
+            rounds=1,
+            warmup_rounds=0,
+        )
+    finally:
+        ray.shutdown()
+    cells = len(RunStore.open(tmp_path / "ray").records())
+    per_cell = (benchmark.stats.stats.median - local_s) / cells
+    benchmark.extra_info.update({"local_s": local_s, "cells": cells, "per_cell_overhead_s": per_cell})
+    assert per_cell <= 0.5, f"{per_cell:.2f} s per cell over the local executor"
