@@ -258,3 +258,26 @@ def test_vram_limit_turns_a_fitting_cell_into_oom(tiny_llama, tmp_path) -> None:
     assert "allocate memory" in oom["reason"] or oom["reason"].startswith("MemoryError")
     assert RunStore.open(capped).meta["spec"]["vram_limit_bytes"] == 400 << 20
     assert fits["cell_id"] != oom["cell_id"]  # a capped measurement is a different cell
+
+
+def test_shards_then_merge_cover_the_matrix_once(tiny_llama, tmp_path) -> None:
+    """What a CI matrix job does: `--shard I/N` per runner, then `loadbench merge` in a final job."""
+    spec = small_spec(tiny_llama, quant=("none", "8bit"))
+    shards = []
+    for i in (1, 2, 3):
+        out = tmp_path / f"shard{i}"
+        run_matrix(RunRequest(spec, out=out, shard=f"{i}/3", budget_s=0.1, live=False))
+        shards.append(out)
+    per_shard = [set(statuses_by_id(s)) for s in shards]
+    assert all(a.isdisjoint(b) for a in per_shard for b in per_shard if a is not b)
+    merged = tmp_path / "merged"
+    assert main(["merge", *map(str, shards), "--out", str(merged)]) == 0
+    cells = statuses_by_id(merged)
+    assert len(cells) == 8 and set(cells) == set().union(*per_shard)
+    other = tmp_path / "other"
+    run_matrix(RunRequest(small_spec(tiny_llama), out=other, shard="1/2", budget_s=0.1, live=False))
+    assert main(["merge", str(shards[0]), str(other), "--out", str(tmp_path / "bad")]) == 2  # different specs
+
+
+def statuses_by_id(out: Path) -> dict[str, str]:
+    return {r["cell_id"]: r["status"] for r in final_records(out)}
