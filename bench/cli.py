@@ -105,6 +105,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         shard=args.shard,
         timeout_s=args.timeout,
         budget_s=args.budget,
+        min_samples=args.min_samples,
         live=False if args.no_live else None,
         executor=args.executor,
         address=args.address,
@@ -158,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shard", help="I/N: run only this deterministic share of the cells")
     run.add_argument("--timeout", type=float, help="seconds per cell (default 300 on GPU, 120 on CPU)")
     run.add_argument("--budget", type=float, help="seconds of sampling per metric (default 1)")
+    run.add_argument(
+        "--min-samples", type=int, default=5, help="samples per timed metric, at least (default 5)"
+    )
     run.add_argument("--no-live", action="store_true", help="plain progress lines even on a terminal")
     run.add_argument(
         "--executor",
@@ -187,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--seed", type=int, default=0)
     ck.add_argument("--list", action="store_true", help="list architecture presets")
     ck.set_defaults(func=_cmd_checkpoint)
+
+    from bench import compare as compare_cmd
+
+    compare_cmd.register(sub)
 
     merge = sub.add_parser("merge", help="join shard run directories into one")
     merge.add_argument("dirs", nargs="+")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.matrix import MatrixSpec
+from bench.matrix import MatrixSpec, SpecError
 from bench.planning import make_plan
 from bench.probes import Budget
 from bench.progress import make_progress
@@ -27,6 +27,7 @@ class RunRequest:
     shard: str | None = None
     timeout_s: float | None = None
     budget_s: float | None = None
+    min_samples: int = 5
     live: bool | None = None
     faults: dict[str, str] | None = None  # test-only fault injection, by cell_id or label
     executor: str = "local"  # or "ray"
@@ -84,7 +85,13 @@ def run_matrix(request: RunRequest) -> int:
     }
     store = RunStore.create(out, meta, resume=request.resume)
     (store.directory / "logs").mkdir(exist_ok=True)
-    budget = Budget(seconds=request.budget_s) if request.budget_s else Budget(seconds=1.0)
+    if request.min_samples < 2:
+        raise SpecError(
+            f"--min-samples={request.min_samples} must be at least 2 (a spread needs two samples)."
+        )
+    budget = Budget(
+        seconds=request.budget_s or 1.0, min_n=request.min_samples, max_n=max(50, request.min_samples)
+    )
     progress = make_progress(request.live)
     done = store.final_cell_ids()
     if request.executor == "ray":

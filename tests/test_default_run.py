@@ -8,8 +8,15 @@ from bench.cli import main
 from bench.matrix import load_preset
 from bench.store import FINAL_STATUSES, RunStore
 
-TIMED = ["prefill.latency_s", "prefill.tokens_per_s", "train.step_s", "train.tokens_per_s",
-         "decode.ttft_s", "decode.tpot_s", "decode.tokens_per_s"]
+TIMED = [
+    "prefill.latency_s",
+    "prefill.tokens_per_s",
+    "train.step_s",
+    "train.tokens_per_s",
+    "decode.ttft_s",
+    "decode.tpot_s",
+    "decode.tokens_per_s",
+]
 LOAD = ["load.tokenizer_s", "load.config_s", "load.model_s", "load.first_forward_s", "load.read_floor_s"]
 PHASES = ["load", "prefill", "decode", "train"]
 GPU_ONLY = (

@@ -245,8 +245,13 @@ def test_plain_progress_when_not_a_terminal(tiny_llama, tmp_path) -> None:
 
 def test_vram_limit_turns_a_fitting_cell_into_oom(tiny_llama, tmp_path) -> None:
     """CPU variant: RLIMIT_DATA on the cell's process; the same cell fits without the limit."""
-    spec = small_spec(tiny_llama, dtype=("float32",), attn=("sdpa",), workloads=("prefill", "train"),
-                      shape=Shape(batch=4, seq=256, new_tokens=2))
+    spec = small_spec(
+        tiny_llama,
+        dtype=("float32",),
+        attn=("sdpa",),
+        workloads=("prefill", "train"),
+        shape=Shape(batch=4, seq=256, new_tokens=2),
+    )
     free, capped = tmp_path / "free", tmp_path / "capped"
     run_matrix(RunRequest(spec, out=free, budget_s=0.1, live=False))
     limited = spec.with_overrides(vram_limit_bytes=400 << 20)
