@@ -192,9 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--list", action="store_true", help="list architecture presets")
     ck.set_defaults(func=_cmd_checkpoint)
 
-    from bench import compare as compare_cmd
+    from bench import compare, export, recommend, report
 
-    compare_cmd.register(sub)
+    for module in (report, compare, recommend, export):
+        module.register(sub)
 
     merge = sub.add_parser("merge", help="join shard run directories into one")
     merge.add_argument("dirs", nargs="+")

@@ -99,6 +99,10 @@ def run_matrix(request: RunRequest) -> int:
     else:
         summary = _run_locally(request, store, plan, cells, budget, progress, caps, done)
     print_summary(store, cells, summary)
+    from bench.report import render
+
+    paths = render(store.directory)
+    print(f"report: {paths['markdown']} · {paths['html']}")
     return 0
 
 

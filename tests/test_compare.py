@@ -550,13 +550,23 @@ def test_workflows_are_valid_yaml_and_run_what_they_promise() -> None:
     (job,) = gpu["jobs"].values()
     assert job["runs-on"] == ["self-hosted", "gpu"]
     scripts = "\n".join(str(s.get("run", "")) for s in job["steps"])
-    assert "loadbench run --preset gpu --out runs/pr" in scripts
-    assert "loadbench compare results/baseline-gpu runs/pr" in scripts and "--out compare.md" in scripts
+    assert (
+        "loadbench run --preset gpu-quick --dtype bfloat16 --min-samples 10 --budget 2 --out runs/pr"
+        in scripts
+    )
+    assert "loadbench compare results/h100-2026-11-27 runs/pr" in scripts and "--out compare.md" in scripts
     uses = [str(s.get("uses", "")) for s in job["steps"]]
     assert any(u.startswith("actions/github-script") for u in uses)
     assert any(u.startswith("actions/upload-artifact") for u in uses)
     # The comment is posted even on a regression; the job fails afterwards.
     assert any("exit" in str(s.get("run", "")) and s.get("if") for s in job["steps"])
+
+    sharded = _workflow("gpu-sharded.yml")
+    assert sharded["jobs"]["shard"]["strategy"]["matrix"]["shard"] == [1, 2, 3, 4]
+    scripts = "\n".join(str(s.get("run", "")) for job in sharded["jobs"].values() for s in job["steps"])
+    assert "--shard ${{ matrix.shard }}/4" in scripts
+    assert "loadbench merge runs/shard-1 runs/shard-2 runs/shard-3 runs/shard-4 --out runs/merged" in scripts
+    assert "loadbench compare results/h100-2026-11-27 runs/merged" in scripts
 
 
 # --- performance ----------------------------------------------------------------------------------------
