@@ -119,6 +119,12 @@ def _status_kib(key: str) -> int | None:
     return None
 
 
+def current_rss_bytes() -> int | None:
+    """This process's resident set size now (VmRSS), or None where /proc is not readable."""
+    kib = _status_kib("VmRSS")
+    return kib * 1024 if kib is not None else None
+
+
 def reset_rss_peak() -> bool:
     """Reset this process's peak RSS (VmHWM) so the next phase gets its own peak (Linux 4.0+)."""
     try:

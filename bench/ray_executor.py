@@ -66,6 +66,16 @@ def _node_template() -> tuple[Any, str]:
 
 
 @functools.cache
+def _node_quality_reference(checkpoint: str, fingerprint: str, lane: str | None, log_dir: str) -> str | None:
+    """This node's copy of the run's quality reference (computed once per node and checkpoint)."""
+    from bench.runner import run_quality_reference
+
+    ctx, _ = _node_template()
+    path = Path(log_dir) / f"quality-reference-{fingerprint}.safetensors"
+    return run_quality_reference(ctx, Path(checkpoint), lane, path, Path(log_dir) / "quality.log").get("path")
+
+
+@functools.cache
 def _node_calibration(lane: str | None, log_dir: str) -> dict[str, Any] | None:
     if lane is None:
         return None
@@ -119,6 +129,7 @@ def run_on_node(payload: dict[str, Any]) -> dict[str, Any]:
         samplers=samplers,
         model_config=json.loads((checkpoint / "config.json").read_text()),
         calibration=_node_calibration(lane, str(log_dir)),
+        quality_ref=_node_quality_reference(str(checkpoint), payload["fingerprint"], lane, str(log_dir)),
         faults=payload.get("faults") or {},
     )
     store = MemoryStore(log_dir)
@@ -186,6 +197,9 @@ class RayExecutor:
                 },
             )
         return ray
+
+    def gpu_cluster(self) -> bool:
+        return self._connect().cluster_resources().get("GPU", 0) > 0
 
     def describe_nodes(self, ray: Any) -> list[dict[str, Any]]:
         """Every alive node's hardware, probed by a task pinned to that node."""

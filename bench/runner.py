@@ -83,8 +83,15 @@ def _oom_kills() -> int | None:
     return None
 
 
-def record_skips(store: Any, cells: list[Cell], progress: Progress) -> None:
-    """Write the final `skipped` record of every planned cell a rule skipped (once per run)."""
+def record_skips(
+    store: Any,
+    cells: list[Cell],
+    progress: Progress,
+    config: dict[str, Any] | None = None,
+    device: str = "cpu",
+) -> None:
+    """Write the final `skipped` record of every planned cell a rule skipped (once per run), with its
+    memory estimate: that is how people plan for hardware they do not have."""
     done = store.final_cell_ids()
     host = socket.gethostname()
     for cell in cells:
@@ -97,6 +104,7 @@ def record_skips(store: Any, cells: list[Cell], progress: Progress) -> None:
                 **cell.knobs(),
                 "host": host,
             }
+            record.update(estimate_columns(cell, record, config, device))
             store.append(record)
             progress.cell_finished(cell, record)
 
@@ -115,16 +123,16 @@ def _no_nvml_columns(last_phase: str) -> dict[str, Any]:
     return out
 
 
-def run_calibration(ctx: Any, lane: str | None, log: Path, timeout_s: float = 120.0) -> dict[str, Any]:
-    """Run the calibration probe in a cell process (the parent never touches CUDA)."""
+def run_task(ctx: Any, task: dict[str, Any], timeout_s: float = 600.0) -> dict[str, Any]:
+    """Run a run-level task (calibration, quality reference) in a cell process: the parent never
+    touches CUDA. The task's answer, or {"reason": ...} when it did not finish."""
     from bench import worker_entry
 
     recv, send = ctx.Pipe(duplex=False)
-    task = {"kind": "calibrate", "visible_devices": lane, "log": str(log)}
     proc = ctx.Process(target=worker_entry.main, args=(task, send))
     proc.start()
     send.close()
-    result: dict[str, Any] = {"reason": "the calibration probe did not finish"}
+    result: dict[str, Any] = {"reason": f"the {task['kind']} task did not finish within {timeout_s:g} s"}
     if recv.poll(timeout_s):
         with contextlib.suppress(EOFError):
             result = recv.recv()
@@ -133,6 +141,50 @@ def run_calibration(ctx: Any, lane: str | None, log: Path, timeout_s: float = 12
         proc.kill()
         proc.join()
     return result
+
+
+def run_calibration(ctx: Any, lane: str | None, log: Path, timeout_s: float = 120.0) -> dict[str, Any]:
+    """The calibration probe (bench.calibrate) on a lane's GPU."""
+    return run_task(ctx, {"kind": "calibrate", "visible_devices": lane, "log": str(log)}, timeout_s)
+
+
+def run_quality_reference(
+    ctx: Any, checkpoint: Path, lane: str | None, path: Path, log: Path
+) -> dict[str, Any]:
+    """The run's quality reference (bench.quality), computed once before the cells and cached on disk."""
+    task = {
+        "kind": "quality_reference",
+        "checkpoint_path": str(checkpoint),
+        "path": str(path),
+        "device": "cpu" if lane is None else "cuda",
+        "visible_devices": lane,
+        "log": str(log),
+    }
+    return run_task(ctx, task)
+
+
+def estimate_columns(
+    cell: Cell, record: dict[str, Any], config: dict[str, Any] | None, device: str
+) -> dict[str, Any]:
+    """mem.<phase>.estimate_bytes for every cell (skipped ones too), and for measured phases the error of
+    the estimate against the measurement (CUDA: allocator peak; CPU: RSS growth over the baseline)."""
+    if not config:
+        return {}
+    from bench.estimate import estimate_cell
+
+    base = int(record.get("mem.baseline_rss_bytes") or 0)
+    out: dict[str, Any] = dict(estimate_cell(cell, config, device, baseline_bytes=base))
+    for phase in ("load", *cell.workloads):
+        if device == "cuda":
+            measured = record.get(f"mem.{phase}.torch_allocated_bytes")
+            predicted = out.get(f"mem.{phase}.estimate_tensor_bytes")
+        else:
+            rss = record.get(f"mem.{phase}.rss_bytes")
+            measured = rss - base if rss is not None and base else None
+            predicted = out.get(f"mem.{phase}.estimate_bytes", 0) - base if base else None
+        if measured and predicted is not None and measured > 0:
+            out[f"mem.{phase}.estimate_error"] = predicted / measured - 1.0
+    return out
 
 
 @dataclass
@@ -162,6 +214,7 @@ class RunOptions:
     samplers: dict[int, Any] = field(default_factory=dict)  # lane -> NvmlSampler (GPU lanes only)
     model_config: dict[str, Any] | None = None  # the checkpoint's config.json, for derived metrics
     calibration: dict[str, Any] | None = None
+    quality_ref: str | None = None  # the run's cached quality reference (safetensors)
 
 
 class Runner:
@@ -205,6 +258,7 @@ class Runner:
             "visible_devices": self.options.lanes[lane],
             "log": str(self.store.directory / "logs" / f"{cell.cell_id}.log"),
             "fault": self.options.faults.get(cell.cell_id) or self.options.faults.get(cell.label),
+            "quality_ref": self.options.quality_ref,
         }
         from bench import worker_entry
 
@@ -266,6 +320,8 @@ class Runner:
             record.update(_no_nvml_columns(run.phase))
         if status == "ok" and self.options.model_config:
             record.update(derive(record, self.options.model_config, self.options.calibration))
+        device = "cuda" if self.options.lanes[run.lane] is not None else "cpu"
+        record.update(estimate_columns(run.cell, record, self.options.model_config, device))
         record.update(
             {
                 "phase": run.phase,

@@ -14,7 +14,14 @@ from bench.matrix import MatrixSpec, SpecError
 from bench.planning import make_plan
 from bench.probes import Budget
 from bench.progress import make_progress
-from bench.runner import Runner, RunOptions, record_skips, run_calibration, start_template
+from bench.runner import (
+    Runner,
+    RunOptions,
+    record_skips,
+    run_calibration,
+    run_quality_reference,
+    start_template,
+)
 from bench.sampler import NvmlSampler, gpu_state, handle_for, import_nvml
 from bench.store import RunStore, select_shard
 
@@ -123,7 +130,8 @@ def _run_on_ray(request, store, plan, cells, budget, progress, done) -> str:  # 
     store.set_meta("executor", {"kind": "ray", "address": request.address})
     progress.start(len(cells), sum(c.cell_id in done for c in cells))
     try:
-        record_skips(store, cells, progress)
+        config = json.loads((plan.checkpoint / "config.json").read_text())
+        record_skips(store, cells, progress, config, "cuda" if executor.gpu_cluster() else "cpu")
         executor.run(cells)
     finally:
         progress.stop()
@@ -145,8 +153,18 @@ def _run_locally(request, store, plan, cells, budget, progress, caps, done) -> s
     store.set_meta("executor", {"kind": "local", "lanes": lanes})
     store.set_meta("template_startup_s", template_s)
     store.set_meta("isolation", isolation)
+    logs = store.directory / "logs"
+    reference = run_quality_reference(
+        ctx,
+        plan.checkpoint,
+        lanes[0],
+        store.directory / "quality-reference.safetensors",
+        logs / "quality.log",
+    )
+    store.set_meta("quality_reference", reference)
+    options.quality_ref = reference.get("path")
     if lanes[0] is not None:
-        options.calibration = run_calibration(ctx, lanes[0], store.directory / "logs" / "calibration.log")
+        options.calibration = run_calibration(ctx, lanes[0], logs / "calibration.log")
         store.set_meta("calibration", options.calibration)
         store.set_meta(
             "gpu_state_before", {lane: gpu_state(s.nvml, s.handle) for lane, s in samplers.items()}
@@ -154,7 +172,7 @@ def _run_locally(request, store, plan, cells, budget, progress, caps, done) -> s
     runner = Runner(store, plan.checkpoint, options, progress, ctx)
     progress.start(len(cells), sum(c.cell_id in done for c in cells))
     try:
-        record_skips(store, cells, progress)
+        record_skips(store, cells, progress, options.model_config, "cpu" if lanes[0] is None else "cuda")
         runner.run(cells)
     finally:
         progress.stop()

@@ -59,4 +59,25 @@ import_bitsandbytes()
 # After bitsandbytes: peft imports it too, and must find it already imported under the patch.
 import peft  # noqa: E402,F401
 
+import bench.quality  # noqa: E402
 import bench.worker  # noqa: E402,F401  (the cell code itself, imported once)
+
+
+def preload_model_code() -> None:
+    """Import what every cell would otherwise import on first use (model classes, tokenizer backends,
+    safetensors): cells start faster, and a cell's RSS growth is its own tensors, not shared code."""
+    import importlib
+
+    for name in (
+        "safetensors.torch",
+        "transformers.models.llama.modeling_llama",
+        "transformers.models.qwen2.modeling_qwen2",
+        "transformers.tokenization_utils_fast",
+        "transformers.generation.utils",
+        "peft.tuners.lora",
+    ):
+        with contextlib.suppress(ImportError):  # another transformers layout: the cell imports it itself
+            importlib.import_module(name)
+
+
+preload_model_code()

@@ -23,7 +23,8 @@ import torch
 import transformers
 
 from bench.matrix import Cell
-from bench.probes import Budget, PhaseMemory, synchronizer
+from bench.probes import Budget, PhaseMemory, current_rss_bytes, synchronizer
+from bench.quality import quality_or_reason
 from bench.workloads import (
     InvalidMeasurement,
     Workload,
@@ -76,7 +77,11 @@ def cell_main(task: dict[str, Any], conn: Any) -> None:
     try:
         _inject(task.get("fault"))
         metrics = run_cell(
-            Cell.from_dict(task["cell"]), Path(task["checkpoint_path"]), Budget(**task["budget"]), send
+            Cell.from_dict(task["cell"]),
+            Path(task["checkpoint_path"]),
+            Budget(**task["budget"]),
+            send,
+            quality_ref=task.get("quality_ref"),
         )
         send(event="result", status="ok", metrics=metrics)
     except BaseException as exc:  # every failure becomes a record; the runner goes on
@@ -134,7 +139,9 @@ def apply_memory_limit(limit: int, device: str) -> str:
     return f"RLIMIT_DATA={soft}"
 
 
-def run_cell(cell: Cell, checkpoint: Path, budget: Budget, send: Send) -> dict[str, Any]:
+def run_cell(
+    cell: Cell, checkpoint: Path, budget: Budget, send: Send, quality_ref: str | None = None
+) -> dict[str, Any]:
     """Load the cell's model, then run its workloads; returns flat metric columns."""
     torch.set_num_threads(cell.threads)
     caps = current_host()
@@ -145,6 +152,7 @@ def run_cell(cell: Cell, checkpoint: Path, budget: Budget, send: Send) -> dict[s
         "device": device,
         "threads": torch.get_num_threads(),  # read back, not the value asked for
         "dtype_resolved": config.resolved_dtype,
+        "mem.baseline_rss_bytes": current_rss_bytes(),  # before anything loads: what the estimate adds to
     }
     if cell.vram_limit_bytes is not None:
         out["vram_limit.mechanism"] = apply_memory_limit(cell.vram_limit_bytes, device)
@@ -171,6 +179,8 @@ def run_cell(cell: Cell, checkpoint: Path, budget: Budget, send: Send) -> dict[s
     work = Workload(model, ids, cell.shape.new_tokens, budget, sync, tokenizer.pad_token_id)
     out["load.first_forward_s"] = first_forward(work)
     out.update(mem.columns("load"))
+    # One extra no-grad pass over the evaluation text, before any training step changes the weights.
+    out.update(quality_or_reason(work.model, tokenizer, device, quality_ref, checkpoint))
 
     for name, reason in cell.dropped:
         out[f"{name}.skipped_reason"] = reason

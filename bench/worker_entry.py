@@ -14,12 +14,17 @@ def main(task: dict[str, Any], conn: Any) -> None:
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.close(log_fd)
-    if task.get("kind") == "calibrate":
+    if task.get("kind") in ("calibrate", "quality_reference"):
         if task.get("visible_devices") is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = task["visible_devices"]
-        from bench.calibrate import calibrate
+        if task["kind"] == "calibrate":
+            from bench.calibrate import calibrate
 
-        conn.send(calibrate())
+            conn.send(calibrate())
+        else:
+            from bench.quality import reference_task
+
+            conn.send(reference_task(task))
         conn.close()
         return
     from bench.worker import cell_main

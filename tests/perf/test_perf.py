@@ -16,6 +16,7 @@ import transformers
 
 from bench.checkpoints import make_checkpoint
 from bench.matrix import MatrixSpec, Shape
+from bench.probes import Budget
 from bench.runner import _fork_check, start_template
 from bench.session import RunRequest, run_matrix
 from bench.store import RunStore
@@ -188,3 +189,56 @@ def test_ray_per_cell_overhead_over_local(benchmark, tiny_llama, tmp_path, monke
     per_cell = (benchmark.stats.stats.median - local_s) / cells
     benchmark.extra_info.update({"local_s": local_s, "cells": cells, "per_cell_overhead_s": per_cell})
     assert per_cell <= 0.5, f"{per_cell:.2f} s per cell over the local executor"
+
+
+def test_nvml_sampler_overhead_on_prefill(benchmark, tiny_llama, tmp_path) -> None:
+    """The 10 ms sampler thread (in the runner process) costs at most 1 % of prefill throughput.
+
+    No GPU here: the sampler polls a fake NVML module, so this measures the sampling thread's own cost
+    on a 2-core host (wake-ups, Python, the lock), not the NVML driver calls; the GPU run did both.
+    """
+    from bench.matrix import expand
+    from bench.progress import NullProgress
+    from bench.runner import Runner, RunOptions
+    from bench.sampler import NvmlSampler
+    from loader import current_host
+    from tests.test_sampler import FakeNvml
+
+    ctx, _, _ = start_template()
+    spec = _spec(
+        tiny_llama,
+        dtype=("float32",),
+        attn=("sdpa",),
+        workloads=("prefill",),
+        shape=Shape(batch=2, seq=128, new_tokens=2),
+    )
+    (cell,) = expand(spec, tiny_llama, "fp", current_host())
+    rates = {"off": [], "on": []}
+
+    def one(i: int, sampled: bool) -> float:
+        out = tmp_path / f"r{i}-{sampled}"
+        meta = {"spec_hash": "x", "spec": {}, "plan": [], "environment": {}}
+        store = RunStore.create(out, meta)
+        samplers = {0: NvmlSampler(FakeNvml(), "fake").start()} if sampled else {}
+        options = RunOptions(
+            budget=Budget(seconds=2.0, min_n=20, max_n=400, target_rel_iqr=0.0), samplers=samplers
+        )
+        try:
+            Runner(store, tiny_llama, options, NullProgress(), ctx).run([cell])
+        finally:
+            for s in samplers.values():
+                s.stop()
+        (record,) = store.records()
+        return record["prefill.tokens_per_s"]
+
+    def alternate() -> None:
+        for i in range(7):
+            rates["off"].append(one(i, False))
+            rates["on"].append(one(i, True))
+
+    benchmark.pedantic(alternate, rounds=1, warmup_rounds=0)
+    cost = 1 - statistics.median(rates["on"]) / statistics.median(rates["off"])
+    benchmark.extra_info.update(
+        {"tokens_per_s_off": rates["off"], "tokens_per_s_on": rates["on"], "cost": cost}
+    )
+    assert cost <= 0.01, f"sampling cost {cost:.1%} of prefill throughput"
