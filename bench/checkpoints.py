@@ -27,6 +27,7 @@ from typing import Any
 __all__ = [
     "BUILDER_VERSION",
     "CheckpointError",
+    "cache_root",
     "checkpoint_fingerprint",
     "list_presets",
     "load_preset",
@@ -137,7 +138,7 @@ def make_checkpoint(
     key = _cache_key(preset, spec, dtype, seed)
 
     if out_dir is None:
-        dest = _cache_root(cache_dir) / "checkpoints" / f"{preset}-{key}"
+        dest = cache_root(cache_dir) / "checkpoints" / f"{preset}-{key}"
         if (dest / MARKER).is_file():
             return dest
         if dest.exists():
@@ -240,7 +241,8 @@ def _cache_key(preset: str, spec: dict[str, Any], dtype: str, seed: int) -> str:
     return hashlib.sha256(_canonical_json(inputs)).hexdigest()[:16]
 
 
-def _cache_root(cache_dir: str | Path | None) -> Path:
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """Where loadbench caches what it builds: `cache_dir`, else $LOADBENCH_CACHE, else ~/.cache/loadbench."""
     if cache_dir is None:
         cache_dir = os.environ.get("LOADBENCH_CACHE") or Path.home() / ".cache" / "loadbench"
     return Path(cache_dir).expanduser().resolve()

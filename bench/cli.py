@@ -192,9 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--list", action="store_true", help="list architecture presets")
     ck.set_defaults(func=_cmd_checkpoint)
 
-    from bench import compare, export, recommend, report
+    from bench import compare, estimate, export, recommend, report
 
-    for module in (report, compare, recommend, export):
+    for module in (report, compare, recommend, export, estimate):
         module.register(sub)
 
     merge = sub.add_parser("merge", help="join shard run directories into one")

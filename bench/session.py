@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.checkpoints import cache_root
 from bench.matrix import MatrixSpec, SpecError
 from bench.planning import make_plan
 from bench.probes import Budget
@@ -154,13 +155,12 @@ def _run_locally(request, store, plan, cells, budget, progress, caps, done) -> s
     store.set_meta("template_startup_s", template_s)
     store.set_meta("isolation", isolation)
     logs = store.directory / "logs"
-    reference = run_quality_reference(
-        ctx,
-        plan.checkpoint,
-        lanes[0],
-        store.directory / "quality-reference.safetensors",
-        logs / "quality.log",
+    # Cached beside the checkpoints, not in the run directory: T × vocab float32 is ~1 GB for 150k vocabularies.
+    ref_path = (
+        cache_root() / "quality" / f"{plan.fingerprint}-{'cpu' if lanes[0] is None else 'cuda'}.safetensors"
     )
+    ref_path.parent.mkdir(parents=True, exist_ok=True)
+    reference = run_quality_reference(ctx, plan.checkpoint, lanes[0], ref_path, logs / "quality.log")
     store.set_meta("quality_reference", reference)
     options.quality_ref = reference.get("path")
     if lanes[0] is not None:
