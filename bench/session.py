@@ -78,6 +78,10 @@ def lanes_for(caps: Any) -> list[str | None]:
 def run_matrix(request: RunRequest) -> int:
     from bench.capabilities import probe_cached
 
+    if request.min_samples < 2:  # bad input is refused before anything is written
+        raise SpecError(
+            f"--min-samples={request.min_samples} must be at least 2 (a spread needs two samples)."
+        )
     caps = probe_cached()
     plan = make_plan(request.spec, caps.host)
     cells = select_shard(plan.cells, request.shard) if request.shard else plan.cells
@@ -93,10 +97,6 @@ def run_matrix(request: RunRequest) -> int:
     }
     store = RunStore.create(out, meta, resume=request.resume)
     (store.directory / "logs").mkdir(exist_ok=True)
-    if request.min_samples < 2:
-        raise SpecError(
-            f"--min-samples={request.min_samples} must be at least 2 (a spread needs two samples)."
-        )
     budget = Budget(
         seconds=request.budget_s or 1.0, min_n=request.min_samples, max_n=max(50, request.min_samples)
     )
