@@ -309,6 +309,16 @@ class Cell:
             "vram_limit_bytes": self.vram_limit_bytes,
         }
 
+    def record(self, status: str, reason: str | None) -> dict[str, Any]:
+        """The start of this cell's record: identity, status and reason, and its knobs as columns."""
+        return {
+            "cell_id": self.cell_id,
+            "status": status,
+            "reason": reason,
+            "label": self.label,
+            **self.knobs(),
+        }
+
     def load_config(self, model_path: str | Path) -> LoadConfig:
         """The loader config of this cell for a checkpoint directory (validated)."""
         cache = None if self.use_cache == "auto" else self.use_cache == "on"

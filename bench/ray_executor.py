@@ -108,14 +108,7 @@ def run_on_node(payload: dict[str, Any]) -> dict[str, Any]:
         reason = (
             f"the checkpoint on node {socket.gethostname()} differs from the driver's (fingerprint mismatch)"
         )
-        return {
-            "cell_id": cell.cell_id,
-            "status": "error",
-            "reason": reason,
-            "label": cell.label,
-            **cell.knobs(),
-            **node_identity(),
-        }
+        return {**cell.record("error", reason), **node_identity()}
     log_dir = Path(tempfile.gettempdir()) / "loadbench-ray-logs"
     log_dir.mkdir(exist_ok=True)
     lane = os.environ.get("CUDA_VISIBLE_DEVICES") if payload["gpu"] else None
@@ -250,16 +243,7 @@ class RayExecutor:
         except KeyboardInterrupt:
             for ref, cell in refs.items():
                 ray.cancel(ref, force=True)
-                self._finish(
-                    cell,
-                    {
-                        "cell_id": cell.cell_id,
-                        "status": "interrupted",
-                        "label": cell.label,
-                        "reason": "stopped by Ctrl-C; --resume runs it again",
-                        **cell.knobs(),
-                    },
-                )
+                self._finish(cell, cell.record("interrupted", "stopped by Ctrl-C; --resume runs it again"))
             raise
         return ran
 
@@ -271,14 +255,7 @@ class RayExecutor:
                 f"the cell's Ray task failed after one retry: {type(exc).__name__} "
                 f"({str(exc).splitlines()[0][:300] if str(exc) else 'no message'})"
             )
-            return {
-                "cell_id": cell.cell_id,
-                "status": "crashed",
-                "reason": reason,
-                "label": cell.label,
-                **cell.knobs(),
-                "ray.error": type(exc).__name__,
-            }
+            return {**cell.record("crashed", reason), "ray.error": type(exc).__name__}
 
     def _finish(self, cell: Cell, record: dict[str, Any]) -> None:
         self.store.append(record)

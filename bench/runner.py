@@ -96,20 +96,13 @@ def record_skips(
     host = socket.gethostname()
     for cell in cells:
         if cell.skip_reason and cell.cell_id not in done:
-            record = {
-                "cell_id": cell.cell_id,
-                "status": "skipped",
-                "reason": cell.skip_reason,
-                "label": cell.label,
-                **cell.knobs(),
-                "host": host,
-            }
+            record = {**cell.record("skipped", cell.skip_reason), "host": host}
             record.update(estimate_columns(cell, record, config, device))
             store.append(record)
             progress.cell_finished(cell, record)
 
 
-def _no_nvml_columns(last_phase: str) -> dict[str, Any]:
+def _no_nvml_columns() -> dict[str, Any]:
     """NVML columns on a host without NVML: null, with the reason."""
     reason = "NVML is not available on this host (no NVIDIA driver or GPU)"
     out: dict[str, Any] = {"mem.nvml_source": None, "mem.nvml_source.reason": reason}
@@ -235,15 +228,6 @@ class Runner:
         (store.directory / "logs").mkdir(exist_ok=True)
 
     # -- records -----------------------------------------------------------------------------------
-    def _base_record(self, cell: Cell, status: str, reason: str | None) -> dict[str, Any]:
-        return {
-            "cell_id": cell.cell_id,
-            "status": status,
-            "reason": reason,
-            "label": cell.label,
-            **cell.knobs(),
-        }
-
     def _finish(self, cell: Cell, record: dict[str, Any]) -> None:
         self.store.append(record)
         self.progress.cell_finished(cell, record)
@@ -311,13 +295,13 @@ class Runner:
         return "crashed", f"the cell's process exited with code {code} during {run.phase} without a result"
 
     def _record(self, run: Running, status: str, reason: str | None, extra: dict[str, Any]) -> dict[str, Any]:
-        record = self._base_record(run.cell, status, reason)
+        record = run.cell.record(status, reason)
         record.update(extra)
         sampler = self.options.samplers.get(run.lane)
         if sampler is not None:
             record.update(sampler.end_cell(run.windows))
         else:
-            record.update(_no_nvml_columns(run.phase))
+            record.update(_no_nvml_columns())
         if status == "ok" and self.options.model_config:
             record.update(derive(record, self.options.model_config, self.options.calibration))
         device = "cuda" if self.options.lanes[run.lane] is not None else "cpu"
