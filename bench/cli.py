@@ -34,7 +34,7 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_spec(args: argparse.Namespace) -> Any:
-    from bench.matrix import MatrixSpec, load_preset
+    from bench.plan.matrix import MatrixSpec, load_preset
 
     sources = [s for s in (args.spec, args.recipe, args.preset) if s]
     if len(sources) > 1:
@@ -65,7 +65,7 @@ def load_spec(args: argparse.Namespace) -> Any:
 
 
 def _caps() -> Any:
-    from bench.capabilities import probe_cached
+    from bench.plan.capabilities import probe_cached
 
     return probe_cached()
 
@@ -74,7 +74,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from bench.planning import make_plan
+    from bench.plan.planning import make_plan
 
     plan = make_plan(load_spec(args), _caps().host)
     table = Table(title=f"{plan.spec.name}: {len(plan.runnable)} of {len(plan.cells)} cells run")
@@ -92,7 +92,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from bench.session import RunRequest, run_matrix
+    from bench.run.session import RunRequest, run_matrix
     from bench.units import parse_size
 
     spec = load_spec(args)
@@ -118,7 +118,7 @@ def _cmd_env(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from bench.capabilities import render_env
+    from bench.plan.capabilities import render_env
 
     caps = _caps()
     if args.json:
@@ -129,7 +129,7 @@ def _cmd_env(args: argparse.Namespace) -> int:
 
 
 def _cmd_checkpoint(args: argparse.Namespace) -> int:
-    from bench.checkpoints import list_presets, make_checkpoint
+    from bench.plan.checkpoints import list_presets, make_checkpoint
 
     if args.list:
         print("\n".join(list_presets()))
@@ -141,7 +141,7 @@ def _cmd_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from bench.store import merge
+    from bench.run.store import merge
 
     store = merge(args.dirs, args.out)
     print(f"merged {len(args.dirs)} shard(s) into {store.directory} ({len(store.final_cell_ids())} cells)")
@@ -192,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--list", action="store_true", help="list architecture presets")
     ck.set_defaults(func=_cmd_checkpoint)
 
-    from bench import compare, estimate, export, recommend, report
+    from bench.analysis import compare, export, recommend, report
+    from bench.plan import estimate
 
     for module in (report, compare, recommend, export, estimate):
         module.register(sub)

@@ -28,7 +28,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _spec(config: pytest.Config) -> Any:
-    from bench.matrix import MatrixSpec, load_preset
+    from bench.plan.matrix import MatrixSpec, load_preset
 
     if config.getoption("--loadbench-spec"):
         return MatrixSpec.from_yaml(config.getoption("--loadbench-spec"))
@@ -55,8 +55,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             ],
         )
         return
-    from bench.capabilities import probe_cached
-    from bench.planning import make_plan
+    from bench.plan.capabilities import probe_cached
+    from bench.plan.planning import make_plan
 
     plan = make_plan(spec, probe_cached().host)
     cases = [
@@ -71,8 +71,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def loadbench_records(request: pytest.FixtureRequest) -> dict[str, dict[str, Any]]:
     """Run the matrix once (resuming an existing run directory) and return the final records by cell_id."""
-    from bench.session import RunRequest, run_matrix
-    from bench.store import FINAL_STATUSES, RunStore
+    from bench.run.session import RunRequest, run_matrix
+    from bench.run.store import FINAL_STATUSES, RunStore
 
     spec = _spec(request.config)
     out = Path(request.config.getoption("--loadbench-out"))

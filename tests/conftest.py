@@ -18,14 +18,14 @@ def ckpt_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_llama(ckpt_cache: Path) -> Path:
-    from bench.checkpoints import make_checkpoint
+    from bench.plan.checkpoints import make_checkpoint
 
     return make_checkpoint("tiny-llama", cache_dir=ckpt_cache)
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen2(ckpt_cache: Path) -> Path:
-    from bench.checkpoints import make_checkpoint
+    from bench.plan.checkpoints import make_checkpoint
 
     return make_checkpoint("tiny-qwen2", cache_dir=ckpt_cache)
 

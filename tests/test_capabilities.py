@@ -1,4 +1,4 @@
-"""bench.capabilities: NVML facts (fake and real), CUDA_VISIBLE_DEVICES, knob support, `loadbench env`."""
+"""bench.plan.capabilities: NVML facts (fake and real), CUDA_VISIBLE_DEVICES, knob support, `loadbench env`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from bench import capabilities as cap
+from bench.plan import capabilities as cap
 from loader.attention import attention_unsupported_reason
 from loader.host import HostCapabilities
 
@@ -221,7 +221,7 @@ def test_real_probe_does_not_initialise_cuda(real_caps: tuple[cap.Capabilities, 
 
 def test_probe_in_a_fresh_process_imports_neither_torch_nor_bitsandbytes() -> None:
     code = (
-        "import sys, bench.capabilities as c; c.probe_cached(); c.probe_cached(); "
+        "import sys, bench.plan.capabilities as c; c.probe_cached(); c.probe_cached(); "
         "print(sorted(m for m in ('torch', 'bitsandbytes', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from bench import checkpoints
-from bench.checkpoints import (
+from bench.plan import checkpoints
+from bench.plan.checkpoints import (
     CheckpointError,
     checkpoint_fingerprint,
     list_presets,
@@ -255,7 +255,7 @@ def test_cache_hit_is_fast_and_imports_no_torch(tmp_path: Path) -> None:
         f"""
         import sys, time
         start = time.perf_counter()
-        from bench.checkpoints import make_checkpoint
+        from bench.plan.checkpoints import make_checkpoint
         path = make_checkpoint("tiny-llama", cache_dir={str(tmp_path)!r})
         print(time.perf_counter() - start, path, "torch" in sys.modules, "transformers" in sys.modules)
         """
@@ -421,7 +421,7 @@ def test_qwen2_5_0_5b_builds_in_bfloat16_without_a_float32_copy(tmp_path: Path) 
     script = textwrap.dedent(
         f"""
         import resource, time
-        from bench.checkpoints import make_checkpoint
+        from bench.plan.checkpoints import make_checkpoint
         start = time.perf_counter()
         path = make_checkpoint("qwen2.5-0.5b", cache_dir={str(tmp_path)!r})
         print(path, time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

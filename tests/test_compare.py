@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from bench.compare import (
+from bench.analysis.compare import (
     EXIT_BAD_INPUT,
     EXIT_OK,
     EXIT_REGRESSION,
@@ -33,7 +33,7 @@ from bench.compare import (
     render_json,
     render_markdown,
 )
-from bench.store import RunStore
+from bench.run.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 FINGERPRINT = "26f7474172cd9c64"
@@ -310,8 +310,8 @@ def test_false_alarms_against_the_fixed_threshold_and_previous_commit_anchors(re
 def test_two_real_runs_of_the_same_configuration_have_no_significant_regression(
     tmp_path: Path, tiny_llama: Path
 ) -> None:
-    from bench.matrix import MatrixSpec, Shape
-    from bench.session import RunRequest, run_matrix
+    from bench.plan.matrix import MatrixSpec, Shape
+    from bench.run.session import RunRequest, run_matrix
 
     spec = MatrixSpec(
         model=str(tiny_llama),

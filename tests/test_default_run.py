@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bench.cli import main
-from bench.matrix import load_preset
-from bench.store import FINAL_STATUSES, RunStore
+from bench.plan.matrix import load_preset
+from bench.run.store import FINAL_STATUSES, RunStore
 
 TIMED = [
     "prefill.latency_s",

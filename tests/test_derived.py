@@ -1,4 +1,4 @@
-"""bench.derived: N from real transformers models, FLOPs by hand, MFU / MBU, datasheet lookup."""
+"""bench.measure.derived: N from real transformers models, FLOPs by hand, MFU / MBU, datasheet lookup."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bench.derived import (
+from bench.measure.derived import (
     attention_flops_per_token,
     datasheet_peak,
     derive,

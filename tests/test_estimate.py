@@ -1,4 +1,4 @@
-"""bench.estimate: the analytical peak-memory model, checked against real models, real runs and the
+"""bench.plan.estimate: the analytical peak-memory model, checked against real models, real runs and the
 committed H100 records.
 
 The accuracy tests print their error tables (run with -s to see them)."""
@@ -22,8 +22,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench.checkpoints import list_presets, load_preset
-from bench.estimate import (
+from bench.plan.checkpoints import list_presets, load_preset
+from bench.plan.estimate import (
     CPU_RUNTIME_BYTES,
     PHASES,
     Arch,
@@ -39,7 +39,7 @@ from bench.estimate import (
     register,
     weight_bytes,
 )
-from bench.matrix import Cell, Shape
+from bench.plan.matrix import Cell, Shape
 
 ROOT = Path(__file__).resolve().parents[1]
 H100 = ROOT / "results" / "h100-2026-11-27" / "records.jsonl"
@@ -216,7 +216,7 @@ def test_weight_bytes_match_loaded_model(request, preset, dtype, quant) -> None:
     assert abs(predicted - real) <= 1024 * 7 * arch.layers, (predicted, real)
     if quant == "none":
         return
-    from bench.workloads import attach_lora
+    from bench.measure.workloads import attach_lora
 
     lora = attach_lora(model, False)
     trainable = sum(p.numel() for p in lora.parameters() if p.requires_grad)
@@ -250,7 +250,7 @@ def test_saved_activations_match_autograd(tiny_llama, dtype, quant, attn) -> Non
     """Bytes autograd saves per token per layer (saved-tensor hooks, unique storages) vs the model."""
     if quant != "none" and not _bnb_cpu():
         pytest.skip("bitsandbytes has no backend on this host")
-    from bench.workloads import attach_lora
+    from bench.measure.workloads import attach_lora
     from loader import current_host, get_model
 
     cell = Cell("tiny-llama", "x", dtype, quant, attn, False, "auto", ("train",), Shape(), 1)
@@ -323,9 +323,9 @@ import ctypes, gc, json, os, sys, warnings
 from pathlib import Path
 warnings.filterwarnings("ignore")
 import torch, transformers, peft, bitsandbytes  # what the worker template has imported
-import bench.probes as probes
-import bench.worker as worker
-from bench.matrix import Cell, Shape
+import bench.measure.probes as probes
+import bench.measure.cell as worker
+from bench.plan.matrix import Cell, Shape
 args = json.loads(sys.argv[1])
 if args["trim"]:
     # the proposed PhaseMemory.start: return freed heap to the OS before resetting the peak
@@ -421,8 +421,8 @@ def test_cpu_estimate_vs_measured_rss(tiny_llama, benchmark) -> None:
 
 
 def _gpu_cells(tmp_path: Path) -> list[Cell]:
-    from bench.matrix import expand
-    from bench.matrix import load_preset as load_matrix
+    from bench.plan.matrix import expand
+    from bench.plan.matrix import load_preset as load_matrix
     from loader import current_host
 
     spec = load_matrix("gpu")

@@ -1,4 +1,4 @@
-"""bench.export, checked against the real tools: pytest-benchmark's own JSON and its `compare` command."""
+"""bench.analysis.export, checked against the real tools: pytest-benchmark's own JSON and its `compare` command."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pytest_benchmark.stats import Stats
 
-from bench import export
+from bench.analysis import export
 from tests.test_report import H100_RUN, grid_records, make_record, make_run
 
 
@@ -92,7 +92,8 @@ def test_a_metric_without_samples_is_left_out(tmp_path: Path) -> None:
 
 
 def _frame_and_meta(run: Path) -> tuple[Any, dict[str, Any]]:
-    from bench import report, store
+    from bench.analysis import report
+    from bench.run import store
 
     return report.to_frame(run), store.RunStore.open(run).meta
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from bench.matrix import MatrixSpec, Shape, SpecError, expand, load_preset
+from bench.plan.matrix import MatrixSpec, Shape, SpecError, expand, load_preset
 from loader import GpuInfo, HostCapabilities
 
 CPU = HostCapabilities(bitsandbytes_version="0.50", bitsandbytes_devices=("cpu",))

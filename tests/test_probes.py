@@ -1,4 +1,4 @@
-"""bench.probes: Stats against numpy, the adaptive `measure` loop, per-phase peak memory on the CPU."""
+"""bench.measure.probes: Stats against numpy, the adaptive `measure` loop, per-phase peak memory on the CPU."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench import probes
-from bench.probes import Budget, PhaseMemory, Stats, measure, reset_rss_peak
+from bench.measure import probes
+from bench.measure.probes import Budget, PhaseMemory, Stats, measure, reset_rss_peak
 
 samples_st = st.lists(
     st.floats(min_value=1e-6, max_value=1e3, allow_nan=False, allow_infinity=False), min_size=2, max_size=60
@@ -124,7 +124,7 @@ def test_map_is_not_the_mean_rate() -> None:
 
 
 class FakeClock:
-    """Replaces bench.probes' `time`: each call of the measured function advances it by a set cost."""
+    """Replaces bench.measure.probes' `time`: each call of the measured function advances it by a set cost."""
 
     def __init__(self) -> None:
         self.now = 100.0

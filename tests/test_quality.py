@@ -1,4 +1,4 @@
-"""bench.quality: evaluation text, chunked log-probs, the safetensors reference and the quality columns,
+"""bench.measure.quality: evaluation text, chunked log-probs, the safetensors reference and the quality columns,
 on the real tiny checkpoint (CPU). Measured KL / agreement numbers are printed (run with -s)."""
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from bench.matrix import Cell, Shape
-from bench.quality import (
+from bench.measure.quality import (
     EVAL_TEXT,
     NOTE_SYNTHETIC,
     cell_quality,
@@ -29,6 +28,7 @@ from bench.quality import (
     reference_task,
     save_reference,
 )
+from bench.plan.matrix import Cell, Shape
 
 torch = pytest.importorskip("torch")
 

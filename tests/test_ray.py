@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from bench.store import FINAL_STATUSES, RunStore
+from bench.run.store import FINAL_STATUSES, RunStore
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'loadbench[ray]')")
 pytestmark = pytest.mark.slow

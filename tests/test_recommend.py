@@ -1,4 +1,4 @@
-"""bench.recommend: the fastest fitting cell, the margin, "nothing fits", objectives, sources, the CLI."""
+"""bench.analysis.recommend: the fastest fitting cell, the margin, "nothing fits", objectives, sources, the CLI."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bench import recommend
+from bench.analysis import recommend
 from tests.test_report import H100_RUN, make_record, make_run
 
 GiB = 1 << 30

@@ -1,4 +1,4 @@
-"""bench.report: the frame, the four files, escaping, the plots, bad input, and the 10k-record budget.
+"""bench.analysis.report: the frame, the four files, escaping, the plots, bad input, and the 10k-record budget.
 
 Runs are built on disk as the runner writes them (run.json + records.jsonl) from records shaped like a
 real CPU run's; one test renders a real run of the tiny model and one the committed H100 results.
@@ -22,7 +22,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from bench import report, store
+from bench.analysis import report
+from bench.run import store
 
 ROOT = Path(__file__).resolve().parents[1]
 H100_RUN = ROOT / "results" / "h100-2026-11-27"
@@ -495,8 +496,8 @@ def test_the_committed_h100_run_reports_allocator_peaks_and_skip_reasons(tmp_pat
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Path:
-    from bench.matrix import MatrixSpec, Shape
-    from bench.session import RunRequest, run_matrix
+    from bench.plan.matrix import MatrixSpec, Shape
+    from bench.run.session import RunRequest, run_matrix
 
     out = tmp_path_factory.mktemp("real") / "run"
     spec = MatrixSpec(

@@ -14,9 +14,9 @@ from collections import Counter
 from pathlib import Path
 
 from bench.cli import main
-from bench.matrix import MatrixSpec, Shape
-from bench.session import RunRequest, run_matrix
-from bench.store import FINAL_STATUSES, RunStore
+from bench.plan.matrix import MatrixSpec, Shape
+from bench.run.session import RunRequest, run_matrix
+from bench.run.store import FINAL_STATUSES, RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,8 +133,8 @@ def test_unwritable_output_refused_before_the_first_cell(tiny_llama, tmp_path, c
 RUNNER_SCRIPT = """
 import sys
 from pathlib import Path
-from bench.matrix import MatrixSpec, Shape
-from bench.session import RunRequest, run_matrix
+from bench.plan.matrix import MatrixSpec, Shape
+from bench.run.session import RunRequest, run_matrix
 spec = MatrixSpec(model={model!r}, dtype=("float32", "bfloat16"), attn=("eager", "sdpa"),
                   workloads=("prefill",), shape=Shape(1, 16, 2), name="small")
 try:

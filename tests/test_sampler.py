@@ -1,4 +1,4 @@
-"""bench.sampler against a scripted fake NVML, plus the real nvidia-ml-py path where a GPU exists."""
+"""bench.measure.sampler against a scripted fake NVML, plus the real nvidia-ml-py path where a GPU exists."""
 
 from __future__ import annotations
 
@@ -11,8 +11,15 @@ from typing import Any
 
 import pytest
 
-from bench import sampler as sampler_mod
-from bench.sampler import NvmlSampler, describe_throttle, energy_columns, gpu_state, handle_for, import_nvml
+from bench.measure import sampler as sampler_mod
+from bench.measure.sampler import (
+    NvmlSampler,
+    describe_throttle,
+    energy_columns,
+    gpu_state,
+    handle_for,
+    import_nvml,
+)
 
 WORKER_PID = 4242
 HANDLE = object()
@@ -87,7 +94,7 @@ class FakeNvml:
 
 
 class FakeClock:
-    """Replaces bench.sampler's `time` module: the test moves monotonic time by hand."""
+    """Replaces bench.measure.sampler's `time` module: the test moves monotonic time by hand."""
 
     def __init__(self, start: float = 1000.0) -> None:
         self.now = start

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench.store import (
+from bench.run.store import (
     SCHEMA_VERSION,
     RunStore,
     StoreError,

@@ -8,10 +8,9 @@ import shutil
 import pytest
 import torch
 
-from bench.matrix import Cell, Shape
-from bench.probes import Budget
-from bench.worker import run_cell
-from bench.workloads import (
+from bench.measure.cell import run_cell
+from bench.measure.probes import Budget
+from bench.measure.workloads import (
     InvalidMeasurement,
     Workload,
     attach_lora,
@@ -22,6 +21,7 @@ from bench.workloads import (
     repacked_for_cpu,
     train,
 )
+from bench.plan.matrix import Cell, Shape
 from loader import LoadConfig, get_model
 
 FIXED = Budget(min_n=5, max_n=5, seconds=0.0, warmup=1)
@@ -149,7 +149,7 @@ def test_guard_catches_backward_through_an_op_without_autograd(tiny_llama) -> No
     with pytest.raises(
         InvalidMeasurement, match=r"backward ran through bitsandbytes::\w+, which has no autograd kernel"
     ):
-        from bench.workloads import backward_checked
+        from bench.measure.workloads import backward_checked
 
         backward_checked(model(ids, labels=ids).loss)
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import transformers
 
-from bench.checkpoints import make_checkpoint
-from bench.matrix import MatrixSpec, Shape
-from bench.probes import Budget
-from bench.runner import _fork_check, start_template
-from bench.session import RunRequest, run_matrix
-from bench.store import RunStore
+from bench.measure.probes import Budget
+from bench.plan.checkpoints import make_checkpoint
+from bench.plan.matrix import MatrixSpec, Shape
+from bench.run.runner import _fork_check, start_template
+from bench.run.session import RunRequest, run_matrix
+from bench.run.store import RunStore
 from loader import LoadConfig, get_model
 
 pytestmark = pytest.mark.perf
@@ -197,10 +197,10 @@ def test_nvml_sampler_overhead_on_prefill(benchmark, tiny_llama, tmp_path) -> No
     No GPU here: the sampler polls a fake NVML module, so this measures the sampling thread's own cost
     on a 2-core host (wake-ups, Python, the lock), not the NVML driver calls; the GPU run did both.
     """
-    from bench.matrix import expand
-    from bench.progress import NullProgress
-    from bench.runner import Runner, RunOptions
-    from bench.sampler import NvmlSampler
+    from bench.measure.sampler import NvmlSampler
+    from bench.plan.matrix import expand
+    from bench.run.progress import NullProgress
+    from bench.run.runner import Runner, RunOptions
     from loader import current_host
     from tests.test_sampler import FakeNvml
 

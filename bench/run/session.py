@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.checkpoints import cache_root
-from bench.matrix import MatrixSpec, SpecError
-from bench.planning import make_plan
-from bench.probes import Budget
-from bench.progress import make_progress
-from bench.runner import (
+from bench.measure.probes import Budget
+from bench.measure.sampler import NvmlSampler, gpu_state, handle_for, import_nvml
+from bench.plan.checkpoints import cache_root
+from bench.plan.matrix import MatrixSpec, SpecError
+from bench.plan.planning import make_plan
+from bench.run.progress import make_progress
+from bench.run.runner import (
     Runner,
     RunOptions,
     record_skips,
@@ -23,8 +24,7 @@ from bench.runner import (
     run_quality_reference,
     start_template,
 )
-from bench.sampler import NvmlSampler, gpu_state, handle_for, import_nvml
-from bench.store import RunStore, select_shard
+from bench.run.store import RunStore, select_shard
 
 
 @dataclass
@@ -76,7 +76,7 @@ def lanes_for(caps: Any) -> list[str | None]:
 
 
 def run_matrix(request: RunRequest) -> int:
-    from bench.capabilities import probe_cached
+    from bench.plan.capabilities import probe_cached
 
     if request.min_samples < 2:  # bad input is refused before anything is written
         raise SpecError(
@@ -107,7 +107,7 @@ def run_matrix(request: RunRequest) -> int:
     else:
         summary = _run_locally(request, store, plan, cells, budget, progress, caps, done)
     print_summary(store, cells, summary)
-    from bench.report import render
+    from bench.analysis.report import render
 
     paths = render(store.directory)
     print(f"report: {paths['markdown']} · {paths['html']}")
@@ -115,7 +115,7 @@ def run_matrix(request: RunRequest) -> int:
 
 
 def _run_on_ray(request, store, plan, cells, budget, progress, done) -> str:  # type: ignore[no-untyped-def]
-    from bench.ray_executor import RayExecutor, import_ray
+    from bench.run.ray_executor import RayExecutor, import_ray
 
     import_ray()  # one sentence before anything runs when Ray is missing
     executor = RayExecutor(

@@ -87,7 +87,7 @@ MiB = 1 << 20
 CUDA_CONTEXT_BYTES = 500 * MiB
 CUBLAS_WORKSPACE_BYTES = 32 * MiB  # torch's default cuBLAS/cuBLASLt workspace on sm90 (4096 KiB × 8)
 CPU_RUNTIME_BYTES = 12 * MiB  # fitted: see the module docstring
-LORA_RANK = 8  # bench.workloads.attach_lora
+LORA_RANK = 8  # bench.measure.workloads.attach_lora
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _KBIT = ("nf4", "fp4", "nf4-dq", "fp4-dq", "8bit")
 
@@ -574,7 +574,7 @@ def estimate(
 
 @functools.lru_cache(maxsize=64)
 def _preset_arch(name: str) -> Arch:
-    from bench.checkpoints import load_preset
+    from bench.plan.checkpoints import load_preset
 
     return arch_from_config(load_preset(name))
 
@@ -595,7 +595,7 @@ def estimate_cell(
     device: str = "cuda",
     baseline_bytes: int = 0,
 ) -> dict[str, int]:
-    """Estimate columns for a bench.matrix.Cell (run or skipped): load plus the cell's workloads.
+    """Estimate columns for a bench.plan.matrix.Cell (run or skipped): load plus the cell's workloads.
 
     `config` defaults to the cell's model (preset name or checkpoint directory). The cell's
     use_cache knob is honoured ("auto": off under checkpointing).
@@ -711,7 +711,7 @@ def _axis(text: str | None, default: Sequence[Any]) -> list[Any]:
 
 def estimate_table(args: argparse.Namespace) -> tuple[list[str], list[list[str]], str]:
     """Header, rows and title of the `loadbench estimate` table (separate from printing, for tests)."""
-    from bench.matrix import load_preset
+    from bench.plan.matrix import load_preset
     from bench.units import fmt_bytes, parse_size
 
     spec = load_preset(args.preset)

@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from typing import Any, Protocol
 
-from bench.matrix import Cell
+from bench.plan.matrix import Cell
 
 FAILED = frozenset({"oom", "timeout", "crashed", "error", "invalid", "unsupported", "interrupted"})
 

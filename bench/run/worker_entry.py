@@ -1,6 +1,6 @@
 """The function a cell's process starts in: redirect output to the cell's log, then run the task.
 
-Kept apart from bench.worker so the parent can name the target without importing torch.
+Kept apart from bench.measure.cell so the parent can name the target without importing torch.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ def main(task: dict[str, Any], conn: Any) -> None:
         if task.get("visible_devices") is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = task["visible_devices"]
         if task["kind"] == "calibrate":
-            from bench.calibrate import calibrate
+            from bench.measure.calibrate import calibrate
 
             conn.send(calibrate())
         else:
-            from bench.quality import reference_task
+            from bench.measure.quality import reference_task
 
             conn.send(reference_task(task))
         conn.close()
         return
-    from bench.worker import cell_main
+    from bench.measure.cell import cell_main
 
     cell_main(task, conn)

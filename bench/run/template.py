@@ -59,9 +59,6 @@ import_bitsandbytes()
 # After bitsandbytes: peft imports it too, and must find it already imported under the patch.
 import peft  # noqa: E402,F401
 
-import bench.quality  # noqa: E402
-import bench.worker  # noqa: E402,F401  (the cell code itself, imported once)
-
 
 def preload_model_code() -> None:
     """Import what every cell would otherwise import on first use (model classes, tokenizer backends,

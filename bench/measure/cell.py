@@ -22,10 +22,9 @@ from typing import Any
 import torch
 import transformers
 
-from bench.matrix import Cell
-from bench.probes import Budget, PhaseMemory, current_rss_bytes, synchronizer
-from bench.quality import quality_or_reason
-from bench.workloads import (
+from bench.measure.probes import Budget, PhaseMemory, current_rss_bytes, synchronizer
+from bench.measure.quality import quality_or_reason
+from bench.measure.workloads import (
     InvalidMeasurement,
     Workload,
     attach_lora,
@@ -36,6 +35,7 @@ from bench.workloads import (
     repacked_for_cpu,
     train,
 )
+from bench.plan.matrix import Cell
 from loader import LoadConfigError, UnsupportedOnHost, current_host, get_model, get_tokenizer
 from loader.model import target_device
 

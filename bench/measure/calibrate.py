@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.derived import datasheet_peak
+from bench.measure.derived import datasheet_peak
 
 MATMUL_N = 8192
 COPY_BYTES = 1 << 30

@@ -16,10 +16,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.matrix import Cell
-from bench.probes import Budget
-from bench.progress import NullProgress, Progress
-from bench.store import RunStore
+from bench.measure.probes import Budget
+from bench.plan.matrix import Cell
+from bench.run.progress import NullProgress, Progress
+from bench.run.store import RunStore
 from loader.errors import LoadConfigError
 
 RAY_MISSING = (
@@ -59,7 +59,7 @@ class MemoryStore:
 @functools.cache
 def _node_template() -> tuple[Any, str]:
     """The warm template of this Ray worker process, started once."""
-    from bench.runner import start_template
+    from bench.run.runner import start_template
 
     ctx, _, isolation = start_template()
     return ctx, isolation
@@ -68,7 +68,7 @@ def _node_template() -> tuple[Any, str]:
 @functools.cache
 def _node_quality_reference(checkpoint: str, fingerprint: str, lane: str | None, log_dir: str) -> str | None:
     """This node's copy of the run's quality reference (computed once per node and checkpoint)."""
-    from bench.runner import run_quality_reference
+    from bench.run.runner import run_quality_reference
 
     ctx, _ = _node_template()
     path = Path(log_dir) / f"quality-reference-{fingerprint}.safetensors"
@@ -79,7 +79,7 @@ def _node_quality_reference(checkpoint: str, fingerprint: str, lane: str | None,
 def _node_calibration(lane: str | None, log_dir: str) -> dict[str, Any] | None:
     if lane is None:
         return None
-    from bench.runner import run_calibration
+    from bench.run.runner import run_calibration
 
     ctx, _ = _node_template()
     return run_calibration(ctx, lane, Path(log_dir) / "calibration.log")
@@ -97,10 +97,10 @@ def node_identity() -> dict[str, Any]:
 
 def run_on_node(payload: dict[str, Any]) -> dict[str, Any]:
     """The body of one cell's Ray task: find or build the checkpoint here, run the cell, return its record."""
-    from bench.checkpoints import checkpoint_fingerprint
-    from bench.planning import resolve_model
-    from bench.runner import Runner, RunOptions
-    from bench.session import gpu_samplers
+    from bench.plan.checkpoints import checkpoint_fingerprint
+    from bench.plan.planning import resolve_model
+    from bench.run.runner import Runner, RunOptions
+    from bench.run.session import gpu_samplers
 
     cell = Cell.from_dict(payload["cell"])
     checkpoint = resolve_model(payload["model"])  # same cache key on every node: a hit or a build
@@ -139,7 +139,7 @@ def run_on_node(payload: dict[str, Any]) -> dict[str, Any]:
 
 def node_facts() -> dict[str, Any]:
     """A node's hardware, for the run's environment (probed on the node, CUDA untouched)."""
-    from bench.capabilities import probe_cached
+    from bench.plan.capabilities import probe_cached
 
     return {**node_identity(), **probe_cached().to_dict()}
 
@@ -183,7 +183,7 @@ class RayExecutor:
                     "env_vars": {
                         "PYTHONPATH": os.pathsep.join(
                             filter(
-                                None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]
+                                None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]
                             )
                         )
                     }

@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.probes import NOISY_REL_IQR
-from bench.store import FINAL_STATUSES, SCHEMA_VERSION, RunStore, StoreError, environments
+from bench.measure.probes import NOISY_REL_IQR
+from bench.run.store import FINAL_STATUSES, SCHEMA_VERSION, RunStore, StoreError, environments
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -1072,7 +1072,7 @@ def register(subparsers: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m bench.compare BASE NEW ...`, the same as `loadbench compare`."""
+    """`python -m bench.analysis.compare BASE NEW ...`, the same as `loadbench compare`."""
     parser = argparse.ArgumentParser(prog="loadbench compare")
     _add_arguments(parser)
     return run_compare(parser.parse_args(argv))

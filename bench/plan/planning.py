@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.checkpoints import checkpoint_fingerprint, list_presets, make_checkpoint
-from bench.matrix import Cell, MatrixSpec, SpecError, expand
+from bench.plan.checkpoints import checkpoint_fingerprint, list_presets, make_checkpoint
+from bench.plan.matrix import Cell, MatrixSpec, SpecError, expand
 from loader.files import check_local_model_dir
 from loader.host import HostCapabilities
 

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench import report, store, units
+from bench import units
+from bench.analysis import report
+from bench.run import store
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -37,7 +37,7 @@ __all__ = [
 # Bump when anything the builder writes changes, so old cache entries are not mistaken for new ones.
 BUILDER_VERSION = 1
 
-PRESET_DIR = Path(__file__).resolve().parent / "presets" / "arch"
+PRESET_DIR = Path(__file__).resolve().parents[1] / "presets" / "arch"
 MARKER = "loadbench.json"
 # Hub checkpoints shard at a few GiB; a tensor larger than this gets a shard of its own.
 MAX_SHARD_BYTES = 2 * 1024**3

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.derived import derive
-from bench.matrix import Cell
-from bench.probes import Budget
-from bench.progress import Progress
-from bench.store import RunStore
+from bench.measure.derived import derive
+from bench.measure.probes import Budget
+from bench.plan.matrix import Cell
+from bench.run.progress import Progress
+from bench.run.store import RunStore
 
-TEMPLATE_MODULES = ["bench.template"]  # torch, transformers, peft, bitsandbytes; never CUDA
+TEMPLATE_MODULES = ["bench.run.template"]  # torch, transformers, peft, bitsandbytes; never CUDA
 DEFAULT_TIMEOUT_S = {"cuda": 300.0, "cpu": 120.0}
 _OOM_EVENTS = Path("/sys/fs/cgroup/memory.events")
 
@@ -119,7 +119,7 @@ def _no_nvml_columns() -> dict[str, Any]:
 def run_task(ctx: Any, task: dict[str, Any], timeout_s: float = 600.0) -> dict[str, Any]:
     """Run a run-level task (calibration, quality reference) in a cell process: the parent never
     touches CUDA. The task's answer, or {"reason": ...} when it did not finish."""
-    from bench import worker_entry
+    from bench.run import worker_entry
 
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=worker_entry.main, args=(task, send))
@@ -137,14 +137,14 @@ def run_task(ctx: Any, task: dict[str, Any], timeout_s: float = 600.0) -> dict[s
 
 
 def run_calibration(ctx: Any, lane: str | None, log: Path, timeout_s: float = 120.0) -> dict[str, Any]:
-    """The calibration probe (bench.calibrate) on a lane's GPU."""
+    """The calibration probe (bench.measure.calibrate) on a lane's GPU."""
     return run_task(ctx, {"kind": "calibrate", "visible_devices": lane, "log": str(log)}, timeout_s)
 
 
 def run_quality_reference(
     ctx: Any, checkpoint: Path, lane: str | None, path: Path, log: Path
 ) -> dict[str, Any]:
-    """The run's quality reference (bench.quality), computed once before the cells and cached on disk."""
+    """The run's quality reference (bench.measure.quality), computed once before the cells and cached on disk."""
     task = {
         "kind": "quality_reference",
         "checkpoint_path": str(checkpoint),
@@ -163,7 +163,7 @@ def estimate_columns(
     the estimate against the measurement (CUDA: allocator peak; CPU: RSS growth over the baseline)."""
     if not config:
         return {}
-    from bench.estimate import estimate_cell
+    from bench.plan.estimate import estimate_cell
 
     base = int(record.get("mem.baseline_rss_bytes") or 0)
     out: dict[str, Any] = dict(estimate_cell(cell, config, device, baseline_bytes=base))
@@ -244,7 +244,7 @@ class Runner:
             "fault": self.options.faults.get(cell.cell_id) or self.options.faults.get(cell.label),
             "quality_ref": self.options.quality_ref,
         }
-        from bench import worker_entry
+        from bench.run import worker_entry
 
         oom_before = _oom_kills()
         now = time.monotonic()

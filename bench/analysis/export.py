@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench import report, store
+from bench.analysis import report
+from bench.run import store
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -24,7 +24,7 @@ from loader.support import unsupported_reason
 
 # Bump when what a cell measures changes, so old records are not compared as if equal.
 MEASURE_VERSION = 1
-PRESET_DIR = Path(__file__).resolve().parent / "presets"
+PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
 
 # matrix quantization value -> LoadConfig knobs
 QUANT_VARIANTS: dict[str, dict[str, Any]] = {

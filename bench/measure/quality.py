@@ -8,7 +8,7 @@ unquantized, eager attention on the CPU; bfloat16, unquantized, sdpa on a GPU; s
 - `quality.top1_agree`: share of positions where both put their highest probability on the same token;
 - `quality.ppl` / `quality.ref_ppl`: perplexity of the text's next tokens under the cell / reference;
 - `quality.ppl_delta`: quality.ppl − quality.ref_ppl;
-- `quality.note`: on synthetic checkpoints (random weights, bench.checkpoints' loadbench.json marker),
+- `quality.note`: on synthetic checkpoints (random weights, bench.plan.checkpoints' loadbench.json marker),
   these measure numeric divergence from the reference, not task accuracy.
 
 The reference is computed once per run (`compute_reference`, in a worker process before the cells)
@@ -18,7 +18,7 @@ cache (so the logits of a chunk, not of the whole text, are alive at once), read
 chunk by chunk as well.
 
 The bitsandbytes CPU trap: this is a no-grad forward, and on CPUs with AVX512-BF16 bitsandbytes
-repacks 4-bit weights for inference on the first one (bench.workloads.repacked_for_cpu), after
+repacks 4-bit weights for inference on the first one (bench.measure.workloads.repacked_for_cpu), after
 which gradients through them are wrong. Run the quality pass before the train phase, and let the
 worker's existing check reload the model for training; never after LoRA adapters are attached or a
 training step has changed the weights.
@@ -58,7 +58,7 @@ __all__ = [
     "save_reference",
 ]
 
-EVAL_TEXT = Path(__file__).resolve().parent / "data" / "eval.txt"
+EVAL_TEXT = Path(__file__).resolve().parents[1] / "data" / "eval.txt"
 NOTE_SYNTHETIC = "synthetic weights: numeric divergence, not task accuracy"
 FORMAT_VERSION = 1
 # Reference knobs per device type; change here (or pass `override`) to compare against another cell.
@@ -319,8 +319,8 @@ def reference_config(cell_or_device: Any, override: Mapping[str, Any] | None = N
 
 
 def is_synthetic(checkpoint: str | Path) -> bool:
-    """Whether a checkpoint directory was built by bench.checkpoints (random weights)."""
-    from bench.checkpoints import MARKER
+    """Whether a checkpoint directory was built by bench.plan.checkpoints (random weights)."""
+    from bench.plan.checkpoints import MARKER
 
     marker = Path(checkpoint) / MARKER
     if not marker.is_file():
@@ -345,8 +345,8 @@ def compute_reference(
     Meant to run once per run, in a worker process, before the cells. Returns `path`; when `path`
     already holds a reference for the same checkpoint, knobs and length it is kept as it is.
     """
-    from bench.checkpoints import checkpoint_fingerprint
-    from bench.matrix import QUANT_VARIANTS
+    from bench.plan.checkpoints import checkpoint_fingerprint
+    from bench.plan.matrix import QUANT_VARIANTS
     from loader import LoadConfig, current_host, get_model, get_tokenizer
 
     checkpoint = Path(checkpoint)

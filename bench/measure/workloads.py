@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from bench.probes import Budget, Stats, measure
+from bench.measure.probes import Budget, Stats, measure
 
 
 class InvalidMeasurement(RuntimeError):

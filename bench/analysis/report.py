@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench import store, units
+from bench import units
+from bench.run import store
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -1,0 +1,166 @@
+"""The record's vocabulary, declared once: statuses, knob columns, workloads, phases and the metric registry.
+
+Every module that reads or writes a record takes its names from here (pyperf keeps its metadata the same
+way), so a status or a metric cannot mean one thing in the store and another in compare. A metric's unit,
+direction and kind come from its registry entry, never from guessing at its name's suffix.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+__all__ = [
+    "ALL_STATUSES",
+    "FAILED_STATUSES",
+    "FINAL_STATUSES",
+    "KNOBS",
+    "MATCH_KNOBS",
+    "METRICS",
+    "MISSING_STATUS",
+    "NON_FINAL_STATUSES",
+    "PEAK_SOURCES",
+    "PHASES",
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "WORKLOADS",
+    "Metric",
+    "cell_label",
+    "is_memory",
+    "metric",
+    "sampled_metrics",
+]
+
+# Bump when the meaning or layout of run.json or a record changes; resume refuses a different version.
+SCHEMA_VERSION = 1
+
+# --- statuses --------------------------------------------------------------------------------------------
+# Final: every planned cell ends with exactly one of these per run.
+FINAL_STATUSES = frozenset({"ok", "skipped", "unsupported", "oom", "timeout", "crashed", "error", "invalid"})
+# Not final: a cell killed by Ctrl-C is recorded so the user sees it, and `--resume` runs it again.
+NON_FINAL_STATUSES = frozenset({"interrupted"})
+ALL_STATUSES = FINAL_STATUSES | NON_FINAL_STATUSES
+# Final statuses that mean the cell started and did not give numbers.
+FAILED_STATUSES = frozenset({"unsupported", "oom", "timeout", "crashed", "error", "invalid"})
+# Readers' name for a planned cell with no final record; never written by a runner.
+MISSING_STATUS = "missing"
+# Display order (reports, summaries).
+STATUSES = ("ok", "skipped", "unsupported", "oom", "timeout", "crashed", "error", "invalid", "interrupted")
+
+# --- knobs, workloads, phases ------------------------------------------------------------------------------
+# The record's knob columns, in report order.
+KNOBS = (
+    "model",
+    "dtype",
+    "quant",
+    "attn",
+    "grad_ckpt",
+    "use_cache",
+    "batch",
+    "seq",
+    "new_tokens",
+    "threads",
+    "vram_limit_bytes",
+)
+# The knobs two runs' cells are matched by when their checkpoints differ (so `model` is not one of them).
+MATCH_KNOBS = ("dtype", "quant", "attn", "grad_ckpt", "use_cache", "batch", "seq", "new_tokens", "threads")
+WORKLOADS = ("prefill", "train", "decode")
+# Memory phases: the load and each workload.
+PHASES = ("load", "prefill", "decode", "train")
+
+# --- metrics ---------------------------------------------------------------------------------------------
+Better = Literal["higher", "lower"]
+Kind = Literal["time", "throughput", "memory", "quality", "energy", "ratio", "count"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One record column that holds a measurement."""
+
+    name: str
+    unit: str  # "s", "bytes", "tokens/s", "J", "J/token", "fraction", "ratio", "nats", "FLOPs", "count"
+    better: Better | None
+    kind: Kind
+    sampled: bool = False  # True: the record holds .p10/.p90/.iqr/.n/.samples beside the median
+    fmt: str = "{:.4g}"
+
+
+def _m(name: str, unit: str, better: Better | None, kind: Kind, sampled: bool = False) -> Metric:
+    return Metric(name, unit, better, kind, sampled)
+
+
+_FIXED: tuple[Metric, ...] = (
+    _m("load.tokenizer_s", "s", "lower", "time"),
+    _m("load.config_s", "s", "lower", "time"),
+    _m("load.model_s", "s", "lower", "time"),
+    _m("load.first_forward_s", "s", "lower", "time"),
+    _m("load.read_floor_s", "s", "lower", "time"),
+    _m("load.read_floor_bytes", "bytes", None, "memory"),
+    _m("load.model_over_floor", "ratio", "lower", "ratio"),
+    _m("prefill.latency_s", "s", "lower", "time", sampled=True),
+    _m("prefill.tokens_per_s", "tokens/s", "higher", "throughput", sampled=True),
+    _m("train.step_s", "s", "lower", "time", sampled=True),
+    _m("train.tokens_per_s", "tokens/s", "higher", "throughput", sampled=True),
+    _m("decode.ttft_s", "s", "lower", "time", sampled=True),
+    _m("decode.tpot_s", "s", "lower", "time", sampled=True),
+    _m("decode.tokens_per_s", "tokens/s", "higher", "throughput", sampled=True),
+    _m("prefill.flops_per_token", "FLOPs", None, "count"),
+    _m("train.flops_per_token", "FLOPs", None, "count"),
+    _m("prefill.mfu", "fraction", "higher", "ratio"),
+    _m("train.mfu", "fraction", "higher", "ratio"),
+    _m("decode.mbu", "fraction", "higher", "ratio"),
+    _m("mem.footprint_bytes", "bytes", "lower", "memory"),
+    _m("quality.kl", "nats", "lower", "quality"),
+    _m("quality.top1_agree", "fraction", "higher", "quality"),
+    _m("quality.ppl", "ratio", "lower", "quality"),
+    _m("quality.ppl_delta", "ratio", None, "quality"),
+)
+# Measured memory sources per phase; estimates are predictions, not measurements, and are not judged.
+MEMORY_SOURCES = ("rss_bytes", "torch_allocated_bytes", "torch_reserved_bytes", "nvml_process_bytes", "nvml_device_bytes")
+_PER_PHASE = tuple(_m(f"mem.{p}.{s}", "bytes", "lower", "memory") for p in PHASES for s in MEMORY_SOURCES)
+_ENERGY = tuple(
+    m
+    for w in WORKLOADS
+    for m in (_m(f"energy.{w}.j_per_token", "J/token", "lower", "energy"), _m(f"energy.{w}.joules", "J", None, "energy"))
+)
+METRICS: dict[str, Metric] = {m.name: m for m in (*_FIXED, *_PER_PHASE, *_ENERGY)}
+
+# Quality closest to the reference wins: "min", "max", or "absmin" (closest to zero).
+QUALITY_BEST = {"quality.kl": "min", "quality.top1_agree": "max", "quality.ppl": "min", "quality.ppl_delta": "absmin"}
+
+# The peak-memory rule, by name: the first source a cell recorded is the one its peak comes from.
+# "report": the figure a table shows (the allocator's own view on a GPU, else RSS);
+# "budget": what must fit a memory budget (reserved includes the allocator's cache; NVML sees the process).
+PEAK_SOURCES: dict[str, tuple[tuple[str, str], ...]] = {
+    "report": (("torch_allocated_bytes", "torch allocated"), ("rss_bytes", "RSS")),
+    "budget": (
+        ("torch_reserved_bytes", "torch reserved peak"),
+        ("nvml_process_bytes", "NVML process peak"),
+        ("rss_bytes", "RSS peak"),
+    ),
+}
+
+_MEMORY = re.compile(r"mem\.(?:footprint_bytes|(?:load|prefill|train|decode)\.(?!estimate)[a-z_]+_bytes)")
+
+
+def metric(name: str) -> Metric | None:
+    """The registry entry of a column, or None when the column is not a metric."""
+    return METRICS.get(name)
+
+
+@lru_cache(maxsize=4096)
+def is_memory(name: str) -> bool:
+    """A measured memory column (per-phase peaks and the footprint; estimates excluded)."""
+    return _MEMORY.fullmatch(name) is not None
+
+
+def sampled_metrics() -> tuple[str, ...]:
+    """The metrics a record keeps with their samples (median, p10, p90, IQR, n)."""
+    return tuple(m.name for m in METRICS.values() if m.sampled)
+
+
+def cell_label(dtype: str, quant: str, attn: str, grad_ckpt: bool, use_cache: str) -> str:
+    """Human name of a cell: dtype/quant/attn/ckpt-or-not/cache-value."""
+    return f"{dtype}/{quant}/{attn}/{'ckpt' if grad_ckpt else 'no-ckpt'}/{use_cache}"
