@@ -9,7 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "fsync_dir"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "fsync_dir", "write_all"]
 
 
 def fsync_dir(directory: Path) -> None:
@@ -21,6 +21,17 @@ def fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write may write less than asked (a full disk, a signal); finish or raise.
+
+    For writes that must stay one os.write on a raw descriptor, e.g. a line appended with O_APPEND.
+    """
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
