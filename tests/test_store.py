@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import os
@@ -16,13 +17,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench import errors, schema
 from bench.run.store import (
+    ALL_STATUSES,
+    FINAL_STATUSES,
+    NON_FINAL_STATUSES,
     SCHEMA_VERSION,
     RunStore,
     StoreError,
     StoreWarning,
+    environments,
     merge,
-    read,
     select_shard,
 )
 
@@ -92,9 +97,9 @@ def test_resume_with_same_spec_keeps_records(store: RunStore) -> None:
     assert resumed.meta["environment"]["host"] == "h1"
     assert resumed.meta["resumed_environments"] == [{"host": "h2", "torch": "2.9.0"}]
     resumed.append({"cell_id": _cid(2), "status": "ok"})
-    frame = read(store.directory).set_index("cell_id")
-    assert frame.loc[_cid(1), "env.host"] == "h1"
-    assert frame.loc[_cid(2), "env.host"] == "h2"
+    envs = environments(RunStore.open(store.directory).meta)
+    hosts = {r["cell_id"]: envs[r["env_index"]]["host"] for r in resumed.records()}
+    assert hosts == {_cid(1): "h1", _cid(2): "h2"}  # each record points at the environment that wrote it
 
 
 def test_resume_with_another_spec_names_both_hashes(store: RunStore) -> None:
@@ -338,31 +343,33 @@ def test_merge_joins_disjoint_shards(tmp_path: Path) -> None:
     assert [env["host"] for env in merged.meta["environments"]] == ["h1", "h2"]
     assert RunStore.open(tmp_path / "out").meta["merge_duplicates"] == 1
     assert merged.final_cell_ids() == {_cid(i) for i in range(5)}
-    frame = read(tmp_path / "out").set_index("cell_id")
-    assert frame.loc[_cid(4), "shard_host"] == "h1"
-    assert (frame["env.host"] == frame["shard_host"]).all()  # each row keeps the environment that ran it
+    records = {r["cell_id"]: r for r in merged.records()}
+    assert records[_cid(4)]["shard_host"] == "h1"
+    envs = environments(merged.meta)
+    # each record keeps the environment that ran it
+    assert all(envs[r["env_index"]]["host"] == r["shard_host"] for r in records.values())
 
 
-# --- read ------------------------------------------------------------------------------------------------
+# --- vocabulary and errors -------------------------------------------------------------------------------
 
 
-def test_read_returns_latest_final_record_per_cell_with_env_columns(store: RunStore) -> None:
-    store.append({"cell_id": _cid(1), "status": "interrupted"})
-    store.append({"cell_id": _cid(1), "status": "ok", "load.model_s": 2.0})
-    store.append({"cell_id": _cid(2), "status": "interrupted"})
-    store.append(
-        {"cell_id": _cid(3), "status": "skipped", "reason": "no CUDA", "mem": {"load": {"rss_bytes": 7}}}
+def test_the_store_re_exports_the_schema_vocabulary_and_the_bench_error() -> None:
+    assert (SCHEMA_VERSION, FINAL_STATUSES, NON_FINAL_STATUSES, ALL_STATUSES) == (
+        schema.SCHEMA_VERSION,
+        schema.FINAL_STATUSES,
+        schema.NON_FINAL_STATUSES,
+        schema.ALL_STATUSES,
     )
-    frame = read(store.directory)
-    assert list(frame.columns[:2]) == ["cell_id", "status"]
-    assert list(frame["cell_id"]) == [_cid(1), _cid(2), _cid(3)]
-    assert list(frame["status"]) == ["ok", "interrupted", "skipped"]
-    assert frame.loc[0, "load.model_s"] == 2.0
-    assert frame.loc[2, "mem.load.rss_bytes"] == 7
-    assert set(frame["env.host"]) == {"h1"} and set(frame["env.torch"]) == {"2.9.0"}
-    assert "env_index" not in frame.columns
+    assert StoreError is errors.StoreError and issubclass(StoreError, ValueError)
 
 
-def test_read_of_an_empty_run(store: RunStore) -> None:
-    frame = read(store.directory)
-    assert frame.empty and list(frame.columns) == ["cell_id", "status"]
+def test_progress_summary_counts_interrupted_as_failed() -> None:
+    """The summary line's numbers as they have always been: `interrupted` is counted as failed."""
+    from bench.run.progress import PlainProgress
+
+    stream = io.StringIO()
+    progress = PlainProgress(stream)
+    for status in ("ok", "ok", "skipped", "oom", "interrupted"):
+        progress.counter[status] += 1
+    progress.stop()
+    assert stream.getvalue() == "loadbench: ok 2 · skipped 1 · failed 2\n"

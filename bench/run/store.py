@@ -5,29 +5,43 @@ can take hours and every finished cell is worth keeping. So: run.json is replace
 is one fsynced line appended with a single write under a file lock, a reader skips the torn line a killed
 writer can leave, and a final record is never appended twice for one cell. Shards split cells by their
 `cell_id` and merge back by concatenation.
+
+Here: RunStore and merge (both write records.jsonl under the run's lock). The record line format is in
+bench.run.records, claim files in bench.run.claims, shard selection in bench.run.shards.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import math
 import os
-import re
-import socket
-import tempfile
-import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import filelock
 
-if TYPE_CHECKING:
-    import pandas as pd
+from bench.errors import StoreError
+from bench.fileio import atomic_write_bytes, fsync_dir, write_all
+from bench.run.claims import drop_claim, take_claim
+from bench.run.records import (
+    StoreWarning,
+    check_cell_id,
+    check_record,
+    dumps_line,
+    finite,
+    is_final,
+    parse_line,
+    warn_skipped,
+)
+from bench.run.shards import parse_shard, select_shard
+from bench.schema import ALL_STATUSES, FINAL_STATUSES, NON_FINAL_STATUSES, SCHEMA_VERSION
 
+# The vocabulary (bench.schema), StoreError (bench.errors), StoreWarning and shard selection are
+# re-exported: runners, readers and tests import them from here.
 __all__ = [
+    "ALL_STATUSES",
     "FINAL_STATUSES",
     "NON_FINAL_STATUSES",
     "SCHEMA_VERSION",
@@ -37,16 +51,8 @@ __all__ = [
     "environments",
     "merge",
     "parse_shard",
-    "read",
     "select_shard",
 ]
-
-# Bump when the meaning or layout of run.json or a record changes; resume refuses a different version.
-SCHEMA_VERSION = 1
-FINAL_STATUSES = frozenset({"ok", "skipped", "unsupported", "oom", "timeout", "crashed", "error", "invalid"})
-# A cell killed by Ctrl-C: recorded so the user sees it, re-run by resume.
-NON_FINAL_STATUSES = frozenset({"interrupted"})
-ALL_STATUSES = FINAL_STATUSES | NON_FINAL_STATUSES
 
 RUN_FILE = "run.json"
 RECORDS_FILE = "records.jsonl"
@@ -56,53 +62,8 @@ REQUIRED_META = ("spec_hash", "spec", "plan", "environment")
 # Writers hold the lock for one short append; a minute of waiting means something is wrong.
 LOCK_TIMEOUT_S = 60.0
 
-# cell_id also names a claim file, so it must be a plain file name.
-_CELL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_SHARD = re.compile(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*")
-_HEX = re.compile(r"[0-9a-fA-F]+")
 
-
-class StoreError(ValueError):
-    """A run directory that cannot be used as asked; the message is one sentence a user can act on."""
-
-
-class StoreWarning(UserWarning):
-    """Something in a run directory was skipped (a torn line) but reading went on."""
-
-
-# --- small file helpers -------------------------------------------------------------------------------
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a created or renamed entry durable: fsyncing a file does not persist its directory entry."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """os.write may write less than asked (a full disk, a signal); finish or raise."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` so a reader sees the old bytes or the new, never half of them."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+# --- files -------------------------------------------------------------------------------------
 
 
 def _probe_writable(directory: Path) -> None:
@@ -114,7 +75,7 @@ def _probe_writable(directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            _write_all(fd, b"loadbench write probe\n")
+            write_all(fd, b"loadbench write probe\n")
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -135,96 +96,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise StoreError(f"{path} does not hold a JSON object; the run directory is damaged.")
     return data
-
-
-# --- JSON values ----------------------------------------------------------------------------------------
-
-
-def _finite(value: Any) -> Any:
-    """NaN and infinity are not JSON; a metric that is not a number is null, as every missing metric is."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
-
-
-def _dumps(value: Any, what: str) -> str:
-    """One line of strict JSON (no NaN, no raw newlines), or a StoreError naming what failed."""
-    try:
-        return json.dumps(_finite(value), sort_keys=False, allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        raise StoreError(
-            f"{what} cannot be stored as JSON ({exc}); convert values to str, int, float or bool."
-        ) from exc
-
-
-def _check_cell_id(cell_id: object) -> str:
-    """A cell_id names a claim file and a shard, so it must be a plain, non-empty file name."""
-    if not isinstance(cell_id, str) or not _CELL_ID.fullmatch(cell_id):
-        raise StoreError(
-            f"cell_id must be a non-empty string of letters, digits, '_', '.' or '-', got {cell_id!r}."
-        )
-    return cell_id
-
-
-def _check_record(record: Mapping[str, Any]) -> None:
-    """A record without cell_id or a known status could never be resumed, merged or reported."""
-    if "cell_id" not in record or "status" not in record:
-        raise StoreError(f"a record needs 'cell_id' and 'status'; got keys {sorted(record)}.")
-    _check_cell_id(record["cell_id"])
-    if record["status"] not in ALL_STATUSES:
-        raise StoreError(f"status {record['status']!r} is not one of {sorted(ALL_STATUSES)}.")
-
-
-def _is_record(value: Any) -> bool:
-    """A parsed line counts as a record only if it has the two keys everything downstream relies on."""
-    return isinstance(value, dict) and isinstance(value.get("cell_id"), str) and "status" in value
-
-
-def _parse_line(line: bytes) -> dict[str, Any] | None:
-    """One complete line as a record, or None when it is torn or not a record."""
-    try:
-        value = json.loads(line)
-    except ValueError:
-        return None
-    return value if _is_record(value) else None
-
-
-def _is_final(record: Mapping[str, Any]) -> bool:
-    return record.get("status") in FINAL_STATUSES
-
-
-# --- claims ---------------------------------------------------------------------------------------------
-
-
-def _pid_alive(pid: int) -> bool:
-    """Signal 0 checks existence without touching the process; EPERM still means it exists."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _parse_claim(text: str) -> tuple[str, int] | None:
-    """`hostname pid`, or None for a claim file cut short by a killed writer (then it is stale)."""
-    parts = text.split()
-    if len(parts) != 2 or not parts[1].isdigit():
-        return None
-    return parts[0], int(parts[1])
-
-
-def _claim_is_live(owner: tuple[str, int] | None, hostname: str) -> bool:
-    """Another host's process cannot be checked from here, so its claim is respected."""
-    if owner is None:
-        return False
-    host, pid = owner
-    return host != hostname or _pid_alive(pid)
 
 
 # --- the store ------------------------------------------------------------------------------------------
@@ -347,7 +218,7 @@ class RunStore:
             self._write_meta(meta)
 
     def _write_meta(self, meta: dict[str, Any]) -> None:
-        _write_atomic(self.run_path, (_dumps(meta, RUN_FILE) + "\n").encode("utf-8"))
+        atomic_write_bytes(self.run_path, (dumps_line(meta, RUN_FILE) + "\n").encode("utf-8"))
         self._meta = meta
 
     def _has_records(self) -> bool:
@@ -375,14 +246,14 @@ class RunStore:
 
     def append(self, record: Mapping[str, Any]) -> bool:
         """Append one record as one fsynced line; False (nothing written) if the cell already has a final one."""
-        _check_record(record)
+        check_record(record)
         row = dict(record)
         row.setdefault("schema_version", SCHEMA_VERSION)
         if self._env_index is not None:
             row.setdefault("env_index", self._env_index)
-        line = _dumps(row, f"the record of cell {row['cell_id']}").encode("utf-8") + b"\n"
+        line = dumps_line(row, f"the record of cell {row['cell_id']}").encode("utf-8") + b"\n"
         with self._locked():
-            if _is_final(row) and row["cell_id"] in self._refresh_final_ids():
+            if is_final(row) and row["cell_id"] in self._refresh_final_ids():
                 return False
             self._append_line(line)
         return True
@@ -393,12 +264,12 @@ class RunStore:
         try:
             fd = os.open(self.records_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                _write_all(fd, self._tail_terminator(fd) + line)
+                write_all(fd, self._tail_terminator(fd) + line)
                 os.fsync(fd)
             finally:
                 os.close(fd)
             if created:
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
         except OSError as exc:
             raise StoreError(f"could not append to {self.records_path} ({exc.strerror or exc}).") from exc
 
@@ -423,8 +294,8 @@ class RunStore:
             chunk = handle.read()
         complete = chunk[: chunk.rfind(b"\n") + 1]
         for line in complete.split(b"\n"):
-            record = _parse_line(line)
-            if record is not None and _is_final(record):
+            record = parse_line(line)
+            if record is not None and is_final(record):
                 self._final_ids.add(record["cell_id"])
         self._scanned += len(complete)
         return self._final_ids
@@ -433,27 +304,17 @@ class RunStore:
 
     def claim(self, cell_id: str) -> bool:
         """Take a cell for this process; False if it is done or a live process holds it."""
-        path = self.claims_dir / _check_cell_id(cell_id)
-        me = (socket.gethostname(), os.getpid())
+        path = self.claims_dir / check_cell_id(cell_id)
         with self._locked():
             if cell_id in self._refresh_final_ids():
                 return False
-            owner = _parse_claim(path.read_text(encoding="utf-8")) if path.exists() else None
-            if owner != me and _claim_is_live(owner, me[0]):
-                return False
-            self.claims_dir.mkdir(exist_ok=True)
-            _write_atomic(path, f"{me[0]} {me[1]}\n".encode())
-        return True
+            return take_claim(path)
 
     def release(self, cell_id: str) -> None:
         """Drop our claim on a cell; another process's claim is left alone."""
-        path = self.claims_dir / _check_cell_id(cell_id)
+        path = self.claims_dir / check_cell_id(cell_id)
         with self._locked():
-            if path.exists() and _parse_claim(path.read_text(encoding="utf-8")) == (
-                socket.gethostname(),
-                os.getpid(),
-            ):
-                path.unlink()
+            drop_claim(path)
 
     # reading
 
@@ -465,30 +326,19 @@ class RunStore:
             return []
         lines = data.split(b"\n")
         tail = lines.pop()  # b"" when the file ends with a newline, else a torn last line
-        parsed = [_parse_line(line) for line in lines if line.strip()]
+        parsed = [parse_line(line) for line in lines if line.strip()]
         kept = [record for record in parsed if record is not None]
         self.skipped_lines = len(parsed) - len(kept) + (1 if tail.strip() else 0)
-        _warn_skipped(self.records_path, torn_middle=len(parsed) - len(kept), torn_tail=bool(tail.strip()))
+        warn_skipped(self.records_path, torn_middle=len(parsed) - len(kept), torn_tail=bool(tail.strip()))
         return kept
 
     def final_cell_ids(self) -> set[str]:
         """Cells resume must not run again."""
-        return {record["cell_id"] for record in self.records() if _is_final(record)}
-
-
-def _warn_skipped(path: Path, *, torn_middle: int, torn_tail: bool) -> None:
-    if torn_tail:
-        warnings.warn(
-            f"{path}: ignored a torn last line (a partial write from a killed process).",
-            StoreWarning,
-            stacklevel=3,
-        )
-    if torn_middle:
-        warnings.warn(f"{path}: skipped {torn_middle} unreadable line(s).", StoreWarning, stacklevel=3)
+        return {record["cell_id"] for record in self.records() if is_final(record)}
 
 
 def _new_meta(run_meta: Mapping[str, Any]) -> dict[str, Any]:
-    """A private copy of run_meta with the keys resume, merge and read rely on."""
+    """A private copy of run_meta with the keys resume, merge and readers rely on."""
     missing = [key for key in REQUIRED_META if key not in run_meta]
     if missing:
         raise StoreError(
@@ -498,7 +348,7 @@ def _new_meta(run_meta: Mapping[str, Any]) -> dict[str, Any]:
         raise StoreError(f"run_meta spec_hash must be a non-empty string, got {run_meta['spec_hash']!r}.")
     if not isinstance(run_meta["environment"], Mapping):
         raise StoreError("run_meta environment must be a dict of flat fields.")
-    meta = _finite(copy.deepcopy(dict(run_meta)))
+    meta = finite(copy.deepcopy(dict(run_meta)))
     meta.setdefault("schema_version", SCHEMA_VERSION)
     return meta
 
@@ -510,39 +360,7 @@ def environments(meta: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [meta.get("environment", {}), *meta.get("resumed_environments", [])]
 
 
-# --- shards and merge -----------------------------------------------------------------------------------
-
-
-def parse_shard(shard: str | tuple[int, int]) -> tuple[int, int]:
-    """`"I/N"` or `(I, N)` with 1 <= I <= N, as (I, N)."""
-    if isinstance(shard, tuple) and len(shard) == 2 and all(type(part) is int for part in shard):
-        index, count = shard
-    else:
-        match = _SHARD.fullmatch(shard) if isinstance(shard, str) else None
-        if match is None:
-            raise StoreError(f"--shard must look like I/N with 1 <= I <= N, got {str(shard)!r}.")
-        index, count = int(match[1]), int(match[2])
-    if not 1 <= index <= count:
-        raise StoreError(f"--shard must look like I/N with 1 <= I <= N, got '{index}/{count}'.")
-    return index, count
-
-
-def _cell_id_of(cell: Any) -> str:
-    cell_id = cell["cell_id"] if isinstance(cell, Mapping) else cell.cell_id
-    return _check_cell_id(cell_id)
-
-
-def _shard_of(cell_id: str, count: int) -> int:
-    """1-based shard of a cell: a pure function of its id, so every host agrees without talking."""
-    if not _HEX.fullmatch(cell_id[:12]):
-        raise StoreError(f"cell_id {cell_id!r} is not a hex string, so it cannot be assigned to a shard.")
-    return int(cell_id[:12], 16) % count + 1
-
-
-def select_shard(cells: Iterable[Any], shard: str | tuple[int, int]) -> list[Any]:
-    """The cells of shard I of N: disjoint across I, together all cells, in their original order."""
-    index, count = parse_shard(shard)
-    return [cell for cell in cells if _shard_of(_cell_id_of(cell), count) == index]
+# --- merging shard runs ---------------------------------------------------------------------------------
 
 
 def _env_key(env: Any) -> str:
@@ -577,7 +395,7 @@ def _merged_records(
     kept: list[dict[str, Any]] = []
     dropped = 0
     for shard, store in enumerate(stores):
-        for record in filter(_is_final, store.records()):
+        for record in filter(is_final, store.records()):
             if record["cell_id"] in seen:
                 dropped += 1
                 continue
@@ -612,56 +430,7 @@ def merge(shard_dirs: Iterable[str | os.PathLike[str]], out_dir: str | os.PathLi
     if (out / RECORDS_FILE).exists() and (out / RECORDS_FILE).stat().st_size > 0:
         raise StoreError(f"merge output {out} already holds records; choose an empty directory.")
     store = RunStore.create(out, meta)
-    body = "".join(_dumps(record, f"the record of cell {record['cell_id']}") + "\n" for record in records)
+    body = "".join(dumps_line(record, f"the record of cell {record['cell_id']}") + "\n" for record in records)
     with store._locked():
-        _write_atomic(store.records_path, body.encode("utf-8"))
+        atomic_write_bytes(store.records_path, body.encode("utf-8"))
     return store
-
-
-# --- reading into pandas --------------------------------------------------------------------------------
-
-
-def _flatten(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts become dotted keys, the column names the design promises."""
-    flat: dict[str, Any] = {}
-    for key, item in value.items():
-        name = f"{prefix}{key}"
-        if isinstance(item, Mapping):
-            flat.update(_flatten(item, f"{name}."))
-        else:
-            flat[name] = item
-    return flat
-
-
-def _latest_per_cell(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The latest final record of each cell, or its latest non-final one when it never finished."""
-    chosen: dict[str, dict[str, Any]] = {}
-    for record in records:
-        current = chosen.get(record["cell_id"])
-        if current is None or _is_final(record) or not _is_final(current):
-            chosen[record["cell_id"]] = record
-    return list(chosen.values())
-
-
-def _row(record: dict[str, Any], envs: list[dict[str, Any]]) -> dict[str, Any]:
-    """A record's flat columns plus the env.* columns of the environment that wrote it."""
-    row = _flatten(record)
-    index = row.pop("env_index", 0)
-    env = envs[index] if isinstance(index, int) and 0 <= index < len(envs) else envs[0]
-    for key, value in _flatten(env, "env.").items():
-        row.setdefault(key, value)
-    return row
-
-
-def read(directory: str | os.PathLike[str]) -> pd.DataFrame:
-    """One pandas row per cell (its latest final record), with the run's environment as env.* columns."""
-    import pandas as pd  # only readers pay for pandas; the runner's hot path does not import it
-
-    store = RunStore.open(directory)
-    records = _latest_per_cell(store.records())
-    if not records:
-        return pd.DataFrame(columns=["cell_id", "status"])
-    envs = environments(store.meta) or [{}]
-    frame = pd.DataFrame([_row(record, envs) for record in records])
-    first = ["cell_id", "status"]
-    return frame[first + [column for column in frame.columns if column not in first]]
