@@ -8,11 +8,16 @@ from collections import Counter
 from typing import Any, Protocol
 
 from bench.plan.matrix import Cell
+from bench.schema import FAILED_STATUSES, NON_FINAL_STATUSES
 
-FAILED = frozenset({"oom", "timeout", "crashed", "error", "invalid", "unsupported", "interrupted"})
+# The summary's "failed" count. It has always counted `interrupted` (the one non-final status) as failed;
+# kept so the printed numbers do not change here.
+_COUNTED_FAILED = FAILED_STATUSES | NON_FINAL_STATUSES
 
 
 class Progress(Protocol):
+    """What a runner tells its display; the display never changes what runs."""
+
     def start(self, total: int, already_done: int) -> None: ...
     def cell_started(self, cell: Cell) -> None: ...
     def phase(self, cell: Cell, phase: str) -> None: ...
@@ -21,7 +26,8 @@ class Progress(Protocol):
 
 
 def _counts(counter: Counter[str]) -> str:
-    failed = sum(n for s, n in counter.items() if s in FAILED)
+    """The live and closing summary: ok, skipped and failed cells so far."""
+    failed = sum(n for s, n in counter.items() if s in _COUNTED_FAILED)
     return f"ok {counter['ok']} · skipped {counter['skipped']} · failed {failed}"
 
 
