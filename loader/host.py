@@ -48,8 +48,14 @@ class HostCapabilities:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HostCapabilities:
+        """Inverse of `to_dict` (JSON turns the compute capability into a list; it is a pair again)."""
         gpus = tuple(
-            GpuInfo(g["name"], int(g["total_memory_bytes"]), tuple(g["compute_capability"]), bool(g["bf16"]))  # type: ignore[arg-type]
+            GpuInfo(
+                g["name"],
+                int(g["total_memory_bytes"]),
+                (int(g["compute_capability"][0]), int(g["compute_capability"][1])),
+                bool(g["bf16"]),
+            )
             for g in data.get("gpus", ())
         )
         return cls(
