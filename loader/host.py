@@ -8,7 +8,6 @@ must not (the benchmark's parent process) builds a `HostCapabilities` another wa
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import importlib.util
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -69,6 +68,9 @@ class HostCapabilities:
 
 
 def _dist_version(name: str) -> str | None:
+    # importlib.metadata pulls in email and zipfile (tens of ms); `import loader` should not pay for it
+    import importlib.metadata
+
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
