@@ -57,6 +57,10 @@ fixed costs
 Returned per phase: `mem.<phase>.estimate_bytes` (what the process needs: tensors + context, or
 baseline RSS + tensors on the CPU) and `mem.<phase>.estimate_tensor_bytes` (the torch allocator's
 view: comparable with `torch_allocated_bytes` peaks on CUDA, RSS growth on the CPU).
+
+The code: bench.plan.estimate_arch (the shapes), estimate_terms (the terms above), estimate_phases
+(their sums per phase, and the fixed costs) and estimate_table (the `loadbench estimate` rows). This
+module applies the model to cells and records, and its names are the ones callers import.
 """
 
 from __future__ import annotations
