@@ -14,6 +14,9 @@ from loader.dtypes import QUANT_STORAGE, normalize_dtype, resolve_dtype
 from loader.errors import LoadConfigError, bad_value
 from loader.files import model_config_dir
 from loader.quantization import QUANT_TYPES, QUANTIZATION
+from loader.recipe import RecipeShape, recipe_to_kwargs
+
+__all__ = ["LoadConfig", "RecipeShape"]
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _BOOL_FIELDS = (
@@ -22,15 +25,6 @@ _BOOL_FIELDS = (
     "gradient_checkpointing",
     "local_files_only",
 )
-
-
-@dataclass(frozen=True)
-class RecipeShape:
-    """The workload shape a training recipe implies: per-device batch and sequence length."""
-
-    batch_size: int | None
-    seq_len: int | None
-    seq_source: str | None  # which recipe keys gave seq_len
 
 
 @dataclass(frozen=True)
@@ -136,8 +130,6 @@ class LoadConfig:
     @classmethod
     def from_recipe(cls, recipe: str | Path | Mapping[str, Any], **overrides: Any) -> LoadConfig:
         """Read an open-r1 / TRL recipe (YAML path or mapping) as it is; training-only keys are ignored."""
-        from loader.recipe import recipe_to_kwargs
-
         kwargs, shape = recipe_to_kwargs(recipe)
         kwargs.update(overrides)
         return cls(**kwargs, recipe_shape=shape)

@@ -8,7 +8,6 @@ must not (the benchmark's parent process) builds a `HostCapabilities` another wa
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import importlib.util
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -48,8 +47,14 @@ class HostCapabilities:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HostCapabilities:
+        """Inverse of `to_dict` (JSON turns the compute capability into a list; it is a pair again)."""
         gpus = tuple(
-            GpuInfo(g["name"], int(g["total_memory_bytes"]), tuple(g["compute_capability"]), bool(g["bf16"]))  # type: ignore[arg-type]
+            GpuInfo(
+                g["name"],
+                int(g["total_memory_bytes"]),
+                (int(g["compute_capability"][0]), int(g["compute_capability"][1])),
+                bool(g["bf16"]),
+            )
             for g in data.get("gpus", ())
         )
         return cls(
@@ -63,6 +68,9 @@ class HostCapabilities:
 
 
 def _dist_version(name: str) -> str | None:
+    # importlib.metadata pulls in email and zipfile (tens of ms); `import loader` should not pay for it
+    import importlib.metadata
+
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:

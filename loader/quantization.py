@@ -1,8 +1,13 @@
-"""LoadConfig -> transformers BitsAndBytesConfig (or None), and whether bitsandbytes can run here."""
+"""LoadConfig -> transformers BitsAndBytesConfig (or None), and whether bitsandbytes can run here.
+
+LoadConfig validates its knobs against QUANTIZATION and QUANT_TYPES, so this module does not import it:
+`bnb_config` takes anything with the quantization knobs (`QuantKnobs`), which keeps loader.config free of
+an import cycle.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from loader.dtypes import to_torch
 from loader.host import HostCapabilities
@@ -10,10 +15,27 @@ from loader.host import HostCapabilities
 if TYPE_CHECKING:
     from transformers import BitsAndBytesConfig
 
-    from loader.config import LoadConfig
+__all__ = ["QUANTIZATION", "QUANT_TYPES", "QuantKnobs", "bnb_config", "quantization_unsupported_reason"]
 
 QUANTIZATION = ("none", "bnb-8bit", "bnb-4bit")
 QUANT_TYPES = ("nf4", "fp4")
+
+
+class QuantKnobs(Protocol):
+    """The knobs of a LoadConfig that decide its BitsAndBytesConfig (read-only)."""
+
+    @property
+    def quantization(self) -> str: ...
+    @property
+    def bnb_4bit_quant_type(self) -> str: ...
+    @property
+    def bnb_4bit_use_double_quant(self) -> bool: ...
+    @property
+    def bnb_4bit_quant_storage(self) -> str: ...
+    @property
+    def bnb_4bit_compute_dtype(self) -> str | None: ...
+    @property
+    def compute_dtype(self) -> str: ...
 
 
 def quantization_unsupported_reason(quantization: str, caps: HostCapabilities) -> str | None:
@@ -31,13 +53,13 @@ def quantization_unsupported_reason(quantization: str, caps: HostCapabilities) -
     return None
 
 
-def _compute_dtype(config: LoadConfig, model_dtype: str | None) -> str:
-    if config.bnb_4bit_compute_dtype in (None, "auto") and model_dtype not in (None, "auto"):
-        return model_dtype  # type: ignore[return-value]
+def _compute_dtype(config: QuantKnobs, model_dtype: str | None) -> str:
+    if config.bnb_4bit_compute_dtype in (None, "auto") and model_dtype is not None and model_dtype != "auto":
+        return model_dtype
     return config.compute_dtype
 
 
-def bnb_config(config: LoadConfig, model_dtype: str | None = None) -> BitsAndBytesConfig | None:
+def bnb_config(config: QuantKnobs, model_dtype: str | None = None) -> BitsAndBytesConfig | None:
     """The BitsAndBytesConfig transformers 5 expects (load_in_* keyword arguments are gone).
 
     The 4-bit compute dtype defaults to the model dtype (`model_dtype`, resolved, when known).

@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from loader.errors import LoadConfigError
+
+__all__ = ["RecipeShape", "read_recipe", "recipe_to_kwargs"]
+
+
+@dataclass(frozen=True)
+class RecipeShape:
+    """The workload shape a training recipe implies: per-device batch and sequence length."""
+
+    batch_size: int | None
+    seq_len: int | None
+    seq_source: str | None  # which recipe keys gave seq_len
+
 
 # recipe key -> LoadConfig field, for keys that only change name
 _RENAMED = {
@@ -42,9 +55,7 @@ def read_recipe(recipe: str | Path | Mapping[str, Any]) -> Mapping[str, Any]:
     return data
 
 
-def _shape(data: Mapping[str, Any]) -> Any:
-    from loader.config import RecipeShape
-
+def _shape(data: Mapping[str, Any]) -> RecipeShape:
     batch = data.get("per_device_train_batch_size")
     for key in ("max_seq_length", "max_length"):
         if data.get(key):
@@ -55,7 +66,7 @@ def _shape(data: Mapping[str, Any]) -> Any:
     return RecipeShape(batch, None, None)
 
 
-def recipe_to_kwargs(recipe: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+def recipe_to_kwargs(recipe: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], RecipeShape]:
     """LoadConfig keyword arguments and the RecipeShape for a recipe."""
     data = read_recipe(recipe)
     if "model_name_or_path" not in data:

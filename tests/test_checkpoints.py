@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from bench.plan import checkpoints
+from bench.plan import synthetic
 from bench.plan.checkpoints import (
     CheckpointError,
     checkpoint_fingerprint,
@@ -318,7 +318,7 @@ def test_dtype_override_is_saved(tmp_path: Path) -> None:
 
 
 def test_sharded_checkpoint_has_an_index_and_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(checkpoints, "MAX_SHARD_BYTES", 400_000)
+    monkeypatch.setattr(synthetic, "MAX_SHARD_BYTES", 400_000)
     path = make_checkpoint("tiny-llama", cache_dir=tmp_path)
     shards = sorted(p.name for p in path.glob("*.safetensors"))
     assert len(shards) > 1

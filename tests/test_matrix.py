@@ -131,3 +131,18 @@ def test_recipe_becomes_one_cell_on_its_architecture(recipes_dir) -> None:
 def test_unknown_preset() -> None:
     with pytest.raises(SpecError, match="matrix preset 'huge' does not exist; use one of: default, gpu"):
         load_preset("huge")
+
+
+def test_cell_columns_and_label_keep_the_record_vocabulary(tiny_llama) -> None:
+    """A cell's record columns are schema.KNOBS plus checkpoint and workloads; the label is pinned."""
+    from bench.errors import SpecError as BenchSpecError
+    from bench.plan.matrix import Cell
+    from bench.schema import KNOBS, WORKLOADS
+
+    spec = load_preset("default").with_overrides(grad_ckpt="on", use_cache="off", workloads="train")
+    (cell, *_) = expand(spec, tiny_llama, "fp", CPU)
+    assert set(cell.knobs()) == {*KNOBS, "checkpoint", "workloads"}
+    assert cell.label == f"{cell.dtype}/{cell.quant}/{cell.attn}/ckpt/cache-off"
+    assert MatrixSpec().workloads == WORKLOADS
+    assert SpecError is BenchSpecError
+    assert Cell.from_dict(cell.to_dict()) == cell

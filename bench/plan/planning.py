@@ -6,14 +6,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.errors import SpecError
+from bench.plan.cells import Cell
 from bench.plan.checkpoints import checkpoint_fingerprint, list_presets, make_checkpoint
-from bench.plan.matrix import Cell, MatrixSpec, SpecError, expand
+from bench.plan.rules import expand
+from bench.plan.spec import MatrixSpec
 from loader.files import check_local_model_dir
 from loader.host import HostCapabilities
 
 
 @dataclass(frozen=True)
 class Plan:
+    """A spec resolved to one checkpoint and expanded into cells, each marked run or skipped."""
+
     spec: MatrixSpec
     checkpoint: Path
     fingerprint: str
@@ -21,9 +26,11 @@ class Plan:
 
     @property
     def runnable(self) -> list[Cell]:
+        """The cells that run (not skipped by a rule)."""
         return [c for c in self.cells if c.skip_reason is None]
 
     def to_dict(self) -> list[dict[str, Any]]:
+        """One row per cell: id, label, whether it runs, and why not (or which workloads it drops)."""
         return [
             {
                 "cell_id": c.cell_id,
@@ -51,6 +58,7 @@ def resolve_model(model: str) -> Path:
 
 
 def make_plan(spec: MatrixSpec, caps: HostCapabilities) -> Plan:
+    """The plan of a spec on a host: its checkpoint (built if it is a preset), fingerprint and cells."""
     checkpoint = resolve_model(spec.model)
     fingerprint = checkpoint_fingerprint(checkpoint)
     return Plan(spec, checkpoint, fingerprint, expand(spec, checkpoint, fingerprint, caps))

@@ -1,0 +1,59 @@
+"""`loadbench estimate`: predicted peak memory of every knob combination of an architecture (runs nothing).
+
+The rows come from bench.plan.estimate_table; this module adds the flags and prints them with rich.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from bench.errors import EXIT_OK
+from bench.plan.estimate_table import estimate_table
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add `loadbench estimate` to the CLI's subparsers (bench.cli.build_parser)."""
+    p = subparsers.add_parser(
+        "estimate",
+        help="predict peak memory per phase for every combination of knobs (runs nothing)",
+        description="Predicted peak memory (bench/estimate.py) of every dtype × quantization × attention "
+        "(× checkpointing for training) combination of an architecture, marked by whether it fits.",
+    )
+    p.add_argument(
+        "--arch", default="qwen2.5-1.5b", help="architecture preset, checkpoint dir or config.json"
+    )
+    p.add_argument("--vram", default=None, help="memory to fit in, e.g. 24GiB (default: no fit column)")
+    p.add_argument("--task", choices=("train", "infer"), default="train")
+    p.add_argument("--preset", default="gpu", help="matrix preset whose axes and shape are the defaults")
+    p.add_argument("--batch", type=int)
+    p.add_argument("--seq", type=int)
+    p.add_argument("--new-tokens", dest="new_tokens", type=int)
+    p.add_argument("--dtype", help="comma list (default: the preset's)")
+    p.add_argument("--quant", help="comma list (default: the preset's)")
+    p.add_argument("--attn", help="comma list (default: the preset's)")
+    p.add_argument("--grad-ckpt", dest="grad_ckpt", help="comma list of off,on (train only)")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the table (fit column in red/yellow when --vram is given); bad input raises and bench.cli exits 2."""
+    from rich.console import Console
+    from rich.table import Table
+
+    header, rows, title = estimate_table(args)
+    table = Table(title=title)
+    for i, col in enumerate(header):
+        table.add_column(col, justify="right" if i >= 4 else "left")
+    for row in rows:
+        style = {"no": "red", "tight": "yellow"}.get(row[-1]) if args.vram else None
+        table.add_row(*row, style=style)
+    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+    if args.vram:
+        print("fits: yes = peak ≤ 90 % of the memory (room for allocator fragmentation); tight = ≤ 100 %.")
+    return EXIT_OK
