@@ -13,8 +13,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from bench.cli import main
 from bench.plan.matrix import MatrixSpec, Shape
+from bench.run.faults import FAULTS_ENV
 from bench.run.session import RunRequest, run_matrix
 from bench.run.store import FINAL_STATUSES, RunStore
 
@@ -41,7 +44,9 @@ def by_label(records: list[dict]) -> dict[str, dict]:
     return {r["label"]: r for r in records}
 
 
-def test_each_fault_gets_its_status_and_the_matrix_goes_on(tiny_llama, tmp_path) -> None:
+def test_each_fault_gets_its_status_and_the_matrix_goes_on(
+    tiny_llama, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = small_spec(tiny_llama, quant=("none", "8bit"))
     faults = {
         "float32/none/eager/no-ckpt/cache-auto": "abort",
@@ -51,7 +56,8 @@ def test_each_fault_gets_its_status_and_the_matrix_goes_on(tiny_llama, tmp_path)
         "bfloat16/none/eager/no-ckpt/cache-auto": "oom",
     }
     out = tmp_path / "run"
-    run_matrix(RunRequest(spec, out=out, timeout_s=4, budget_s=0.1, live=False, faults=faults))
+    monkeypatch.setenv(FAULTS_ENV, json.dumps(faults))
+    run_matrix(RunRequest(spec, out=out, timeout_s=4, budget_s=0.1, live=False))
     records = by_label(final_records(out))
     assert len(records) == 8
     abort = records["float32/none/eager/no-ckpt/cache-auto"]
@@ -131,14 +137,15 @@ def test_unwritable_output_refused_before_the_first_cell(tiny_llama, tmp_path, c
 # -- runner processes killed or interrupted, and two runners on one directory ----------------------
 
 RUNNER_SCRIPT = """
-import sys
+import json, os, sys
 from pathlib import Path
 from bench.plan.matrix import MatrixSpec, Shape
 from bench.run.session import RunRequest, run_matrix
+os.environ["LOADBENCH_TEST_FAULTS"] = json.dumps({faults!r})
 spec = MatrixSpec(model={model!r}, dtype=("float32", "bfloat16"), attn=("eager", "sdpa"),
                   workloads=("prefill",), shape=Shape(1, 16, 2), name="small")
 try:
-    run_matrix(RunRequest(spec, out=Path({out!r}), resume=True, budget_s=0.1, live=False, faults={faults!r}))
+    run_matrix(RunRequest(spec, out=Path({out!r}), resume=True, budget_s=0.1, live=False))
 except KeyboardInterrupt:
     sys.exit(130)
 """

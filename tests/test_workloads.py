@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bench.measure.cell import run_cell
+from bench.measure.outcome import CellEvent, PhaseStarted, WindowMeasured
 from bench.measure.probes import Budget
 from bench.measure.workloads import (
     InvalidMeasurement,
@@ -167,19 +168,19 @@ def test_worker_trains_4bit_on_a_fresh_model_after_eval_phases(tiny_llama) -> No
         Shape(2, 16, 4),
         1,
     )
-    sent = []
-    out = run_cell(cell, tiny_llama, Budget(min_n=5, max_n=5, seconds=0), lambda **m: sent.append(m))
+    sent: list[CellEvent] = []
+    out = run_cell(cell, tiny_llama, Budget(min_n=5, max_n=5, seconds=0), sent.append)
     assert out["train.tokens_per_s"] > 0 and out["train.trainable_params"] > 0
     assert out.get("train.fresh_model") is (True if _has_avx512_bf16() else None)
-    assert [m["phase"] for m in sent if m["event"] == "phase"] == ["load", "prefill", "decode", "train"]
-    assert {m["phase"] for m in sent if m["event"] == "window"} == {"prefill", "decode", "train"}
+    assert [m.phase for m in sent if isinstance(m, PhaseStarted)] == ["load", "prefill", "decode", "train"]
+    assert {m.phase for m in sent if isinstance(m, WindowMeasured)} == {"prefill", "decode", "train"}
 
 
 def test_worker_records_threads_read_back_and_load_split(tiny_llama) -> None:
     cell = Cell(
         "tiny-llama", "fp", "float32", "none", "eager", False, "auto", ("prefill",), Shape(1, 8, 2), 1
     )
-    out = run_cell(cell, tiny_llama, Budget(min_n=5, max_n=5, seconds=0), lambda **m: None)
+    out = run_cell(cell, tiny_llama, Budget(min_n=5, max_n=5, seconds=0), lambda event: None)
     assert out["threads"] == torch.get_num_threads() == 1
     for key in (
         "load.tokenizer_s",

@@ -1,18 +1,15 @@
-"""What runs inside one cell's process: load through the loader, run the workloads, report a record.
+"""What runs inside one cell's process: load through the loader, run the workloads, report the outcome.
 
 The process is forked from a warm template (torch, transformers, bitsandbytes and peft imported, CUDA
-untouched), so it starts in milliseconds and still gets a fresh CUDA context. It talks to the runner
-over a pipe: `ready`, then `phase` markers, then one `result`. If it dies instead, the runner
-classifies the death (timeout, OOM kill, crash) from outside.
+untouched), so it starts in milliseconds and still gets a fresh CUDA context. `run_cell` emits typed
+events (bench.measure.outcome) as it enters each phase and returns its metric columns; `classify` turns
+a failure into a typed outcome. The process entry and the pipe are the run stage's
+(bench.run.worker_entry); if the process dies instead, the runner classifies the death from outside.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import gc
-import os
-import signal
 import time
 import traceback
 from collections.abc import Callable
@@ -22,6 +19,7 @@ from typing import Any
 import torch
 import transformers
 
+from bench.measure.outcome import CellOutcome, Emit, ErrorInfo, PhaseStarted, WindowMeasured
 from bench.measure.probes import Budget, PhaseMemory, current_rss_bytes, synchronizer
 from bench.measure.quality import quality_or_reason
 from bench.measure.workloads import (
@@ -39,63 +37,13 @@ from bench.plan.matrix import Cell
 from loader import LoadConfigError, UnsupportedOnHost, current_host, get_model, get_tokenizer
 from loader.model import target_device
 
-Send = Callable[..., None]
-_PR_SET_PDEATHSIG = 1
-
-
-def _detach() -> None:
-    """Own process group (so a timeout kills every descendant) and die with the template process."""
-    os.setsid()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _inject(fault: str | None) -> None:
-    """Test-only faults; the runner sets them only through its Python API, never from a spec or flag."""
-    if fault == "abort":
-        os.abort()
-    if fault == "sleep":
-        time.sleep(3600)
-    if fault == "raise":
-        raise RuntimeError("injected failure")
-    if fault == "memoryerror":
-        raise MemoryError("injected MemoryError")
-    if fault == "oom":
-        raise torch.OutOfMemoryError("injected CUDA out of memory")
-
-
-def cell_main(task: dict[str, Any], conn: Any) -> None:
-    """Process entry point: run one cell and send its outcome."""
-    _detach()
-    if task.get("visible_devices") is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = task["visible_devices"]
-
-    def send(**message: Any) -> None:
-        conn.send(message)
-
-    send(event="ready", t=time.monotonic())
-    try:
-        _inject(task.get("fault"))
-        metrics = run_cell(
-            Cell.from_dict(task["cell"]),
-            Path(task["checkpoint_path"]),
-            Budget(**task["budget"]),
-            send,
-            quality_ref=task.get("quality_ref"),
-        )
-        send(event="result", status="ok", metrics=metrics)
-    except BaseException as exc:  # every failure becomes a record; the runner goes on
-        send(event="result", **classify(exc))
-    finally:
-        conn.close()
-
 
 def _cpu_allocation_failure(exc: BaseException) -> bool:
     """torch's CPU allocator reports exhaustion as a RuntimeError, not a MemoryError."""
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
-def classify(exc: BaseException) -> dict[str, Any]:
+def classify(exc: BaseException) -> CellOutcome:
     """A failure as a final status with its reason (DESIGN.md section 5)."""
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or _cpu_allocation_failure(exc):
         status = "oom"
@@ -106,11 +54,11 @@ def classify(exc: BaseException) -> dict[str, Any]:
     else:
         status = "error"
     tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
-    return {
-        "status": status,
-        "reason": f"{type(exc).__name__}: {exc}" if not isinstance(exc, LoadConfigError) else str(exc),
-        "error": {"type": type(exc).__name__, "message": str(exc), "traceback": "".join(tb[-3:])[-2000:]},
-    }
+    return CellOutcome(
+        status,
+        f"{type(exc).__name__}: {exc}" if not isinstance(exc, LoadConfigError) else str(exc),
+        error=ErrorInfo(type(exc).__name__, str(exc), "".join(tb[-3:])[-2000:]),
+    )
 
 
 def _release(model: Any) -> None:
@@ -140,9 +88,10 @@ def apply_memory_limit(limit: int, device: str) -> str:
 
 
 def run_cell(
-    cell: Cell, checkpoint: Path, budget: Budget, send: Send, quality_ref: str | None = None
+    cell: Cell, checkpoint: Path, budget: Budget, emit: Emit, quality_ref: str | None = None
 ) -> dict[str, Any]:
-    """Load the cell's model, then run its workloads; returns flat metric columns."""
+    """Load the cell's model, then run its workloads; returns flat metric columns. `emit` hears each
+    phase as it starts and each measured window."""
     torch.set_num_threads(cell.threads)
     caps = current_host()
     config = cell.load_config(checkpoint)
@@ -157,7 +106,7 @@ def run_cell(
     if cell.vram_limit_bytes is not None:
         out["vram_limit.mechanism"] = apply_memory_limit(cell.vram_limit_bytes, device)
 
-    send(event="phase", phase="load")
+    emit(PhaseStarted("load"))
     out.update(read_floor(checkpoint, device, sync))
     mem = PhaseMemory(device)
     mem.start()
@@ -187,7 +136,7 @@ def run_cell(
     for name in ("prefill", "decode", "train"):
         if name not in cell.workloads or name in dict(cell.dropped):
             continue
-        send(event="phase", phase=name)
+        emit(PhaseStarted(name))
         if name == "train" and repacked_for_cpu(work.model):
             _release(work.model)
             work.model = get_model(config, caps, training=True)
@@ -203,7 +152,7 @@ def run_cell(
             out.update(train(work))
         out.update(mem.columns(name))
         for window in work.windows:
-            send(event="window", **window)
+            emit(WindowMeasured(**window))
         work.windows.clear()
     return out
 

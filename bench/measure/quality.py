@@ -96,8 +96,8 @@ def _max_positions(tokenizer: Any, model_config: Any = None) -> int | None:
 
 def eval_ids(
     tokenizer: Any, max_tokens: int = 2048, max_positions: int | None = None, model_config: Any = None
-) -> torch.LongTensor:
-    """The evaluation text's token ids (1-D), truncated to `max_tokens` and to the model's positions.
+) -> torch.Tensor:
+    """The evaluation text's token ids (1-D, int64), truncated to `max_tokens` and to the model's positions.
 
     The model's limit is `max_positions` when given, else the smaller of the model config's
     max_position_embeddings and the tokenizer's model_max_length. No special tokens are added, so

@@ -95,13 +95,14 @@ def trainable_parameters(model: Any) -> list[tuple[str, torch.nn.Parameter]]:
 
 def check_gradients(model: Any) -> None:
     """Every trainable parameter got a finite gradient: catches layers that silently stop backprop."""
-    missing = [n for n, p in trainable_parameters(model) if p.grad is None]
+    grads = [(n, p.grad) for n, p in trainable_parameters(model)]
+    missing = [n for n, g in grads if g is None]
     if missing:
         raise InvalidMeasurement(
             f"{len(missing)} trainable parameter(s) got no gradient after backward (first: {missing[0]}); "
             "gradients stop somewhere in the model."
         )
-    bad = [n for n, p in trainable_parameters(model) if not torch.isfinite(p.grad).all()]
+    bad = [n for n, g in grads if g is not None and not torch.isfinite(g).all()]
     if bad:
         raise InvalidMeasurement(f"non-finite gradient in {len(bad)} parameter(s) (first: {bad[0]}).")
 

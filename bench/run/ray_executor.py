@@ -1,9 +1,10 @@
 """Run one matrix over a Ray cluster with the same store, statuses and resume as the local executor.
 
 Each runnable cell becomes a Ray task that asks for one GPU (or a whole node on a CPU cluster). On
-its node the task runs the cell through the same isolated worker as the local executor (warm template,
-timeout, statuses, memory measurement), so the numbers mean the same. Records come back to the driver,
-which alone writes the store. Ray is optional: `pip install 'loadbench[ray]'`.
+its node the task sets the node up as the local executor does (bench.run.node) and runs the cell
+through the same isolated worker (warm template, timeout, statuses, memory measurement), so the
+numbers mean the same. Records come back to the driver, which alone writes the store. Ray is optional:
+`pip install 'loadbench[ray]'`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench.errors import BenchError
+from bench.measure.outcome import CellOutcome
 from bench.measure.probes import Budget
 from bench.plan.matrix import Cell
+from bench.run.compose import compose_record
+from bench.run.faults import fault_for, faults_from_environment
+from bench.run.messages import NodeTask
+from bench.run.node import NodeSetup, gpu_samplers, node_checkpoint, prepare_node
 from bench.run.progress import NullProgress, Progress
+from bench.run.runner import Runner, RunOptions
 from bench.run.store import RunStore
-from loader.errors import LoadConfigError
 
 RAY_MISSING = (
     "--executor ray needs Ray, which is not installed; install it with pip install 'loadbench[ray]'."
@@ -31,7 +38,7 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise LoadConfigError(RAY_MISSING) from None
+        raise BenchError(RAY_MISSING) from None
     return ray
 
 
@@ -56,33 +63,16 @@ class MemoryStore:
         return set()
 
 
-@functools.cache
-def _node_template() -> tuple[Any, str]:
-    """The warm template of this Ray worker process, started once."""
-    from bench.run.runner import start_template
-
-    ctx, _, isolation = start_template()
-    return ctx, isolation
+def _log_dir() -> Path:
+    log_dir = Path(tempfile.gettempdir()) / "loadbench-ray-logs"
+    log_dir.mkdir(exist_ok=True)
+    return log_dir
 
 
 @functools.cache
-def _node_quality_reference(checkpoint: str, fingerprint: str, lane: str | None, log_dir: str) -> str | None:
-    """This node's copy of the run's quality reference (computed once per node and checkpoint)."""
-    from bench.run.runner import run_quality_reference
-
-    ctx, _ = _node_template()
-    path = Path(log_dir) / f"quality-reference-{fingerprint}.safetensors"
-    return run_quality_reference(ctx, Path(checkpoint), lane, path, Path(log_dir) / "quality.log").get("path")
-
-
-@functools.cache
-def _node_calibration(lane: str | None, log_dir: str) -> dict[str, Any] | None:
-    if lane is None:
-        return None
-    from bench.run.runner import run_calibration
-
-    ctx, _ = _node_template()
-    return run_calibration(ctx, lane, Path(log_dir) / "calibration.log")
+def _node_setup(checkpoint: str, fingerprint: str, lane: str | None) -> NodeSetup:
+    """This Ray worker's setup for a checkpoint and lane, done once (bench.run.node)."""
+    return prepare_node(Path(checkpoint), fingerprint, lane, _log_dir())
 
 
 def node_identity() -> dict[str, Any]:
@@ -95,46 +85,33 @@ def node_identity() -> dict[str, Any]:
     }
 
 
-def run_on_node(payload: dict[str, Any]) -> dict[str, Any]:
+def run_on_node(task: NodeTask) -> dict[str, Any]:
     """The body of one cell's Ray task: find or build the checkpoint here, run the cell, return its record."""
-    from bench.plan.checkpoints import checkpoint_fingerprint
-    from bench.plan.planning import resolve_model
-    from bench.run.runner import Runner, RunOptions
-    from bench.run.session import gpu_samplers
-
-    cell = Cell.from_dict(payload["cell"])
-    checkpoint = resolve_model(payload["model"])  # same cache key on every node: a hit or a build
-    if checkpoint_fingerprint(checkpoint) != payload["fingerprint"]:
-        reason = (
-            f"the checkpoint on node {socket.gethostname()} differs from the driver's (fingerprint mismatch)"
-        )
-        return {**cell.record("error", reason), **node_identity()}
-    log_dir = Path(tempfile.gettempdir()) / "loadbench-ray-logs"
-    log_dir.mkdir(exist_ok=True)
-    lane = os.environ.get("CUDA_VISIBLE_DEVICES") if payload["gpu"] else None
+    checkpoint, mismatch = node_checkpoint(task.model, task.fingerprint)
+    if mismatch is not None:
+        return compose_record(task.cell, CellOutcome("error", mismatch), trailer=node_identity())
+    lane = os.environ.get("CUDA_VISIBLE_DEVICES") if task.gpu else None
     lanes = [lane]
-    ctx, isolation = _node_template()
+    node = _node_setup(str(checkpoint), task.fingerprint, lane)
     samplers = gpu_samplers(lanes)
     options = RunOptions(
-        timeout_s=payload["timeout_s"],
-        budget=Budget(**payload["budget"]),
+        timeout_s=task.timeout_s,
+        budget=task.budget,
         lanes=lanes,
-        samplers=samplers,
+        samplers=dict(samplers),
         model_config=json.loads((checkpoint / "config.json").read_text()),
-        calibration=_node_calibration(lane, str(log_dir)),
-        quality_ref=_node_quality_reference(str(checkpoint), payload["fingerprint"], lane, str(log_dir)),
-        faults=payload.get("faults") or {},
+        calibration=node.calibration,
+        quality_ref=node.quality_ref,
+        faults={task.cell.cell_id: task.fault} if task.fault else {},
+        trailer={**node_identity(), "isolation": node.isolation},
     )
-    store = MemoryStore(log_dir)
+    store = MemoryStore(_log_dir())
     try:
-        Runner(store, checkpoint, options, NullProgress(), ctx).run([cell])  # type: ignore[arg-type]
+        Runner(store, checkpoint, options, NullProgress(), node.ctx).run([task.cell])
     finally:
         for sampler in samplers.values():
             sampler.stop()
-    record = store.records[-1]
-    record.update(node_identity())
-    record["isolation"] = isolation
-    return record
+    return store.records[-1]
 
 
 def node_facts() -> dict[str, Any]:
@@ -145,7 +122,7 @@ def node_facts() -> dict[str, Any]:
 
 
 class RayExecutor:
-    """The driver: submits cells as Ray tasks, writes each record as it lands."""
+    """The driver: submits cells as Ray tasks, writes each record as it lands (bench.run.executor.Executor)."""
 
     def __init__(
         self,
@@ -157,7 +134,6 @@ class RayExecutor:
         address: str | None,
         timeout_s: float | None,
         budget: Budget,
-        faults: dict[str, str] | None = None,
     ) -> None:
         self.store = store
         self.model = model
@@ -166,8 +142,62 @@ class RayExecutor:
         self.address = address
         self.timeout_s = timeout_s
         self.budget = budget
-        self.faults = faults or {}
+        self.faults = faults_from_environment()
 
+    # -- the Executor protocol ---------------------------------------------------------------------
+    def start(self) -> None:
+        self.store.set_meta("executor", {"kind": "ray", "address": self.address})
+
+    def device(self) -> str:
+        return "cuda" if self.gpu_cluster() else "cpu"
+
+    def close(self) -> None:
+        pass
+
+    def summary(self) -> str:
+        return "ray executor: each node forks cells from its own warm template"
+
+    def run(self, cells: list[Cell]) -> int:
+        ray = self._connect()
+        self.store.set_meta("nodes", self.describe_nodes(ray))
+        gpu = ray.cluster_resources().get("GPU", 0) > 0
+        # On a CPU cluster a cell takes a whole node, so cells never share cores and skew each other's timings.
+        node_cpus = min(n["Resources"].get("CPU", 1) for n in ray.nodes() if n.get("Alive"))
+        remote = ray.remote(run_on_node)
+        done = self.store.final_cell_ids()
+        refs: dict[Any, Cell] = {}
+        for cell in cells:
+            if cell.skip_reason is not None or cell.cell_id in done or not self.store.claim(cell.cell_id):
+                continue
+            task = NodeTask(
+                cell=cell,
+                model=self.model,
+                fingerprint=self.fingerprint,
+                gpu=gpu,
+                timeout_s=self.timeout_s,
+                budget=self.budget,
+                fault=fault_for(self.faults, cell),
+            )
+            resources = {"num_gpus": 1} if gpu else {"num_cpus": node_cpus}
+            refs[remote.options(max_retries=1, retry_exceptions=False, **resources).remote(task)] = cell
+            self.progress.cell_started(cell)
+        ran = 0
+        try:
+            while refs:
+                ready, _ = ray.wait(list(refs), num_returns=1)
+                for ref in ready:
+                    cell = refs.pop(ref)
+                    self._finish(cell, self._result(ray, ref, cell))
+                    ran += 1
+        except KeyboardInterrupt:
+            for ref, cell in refs.items():
+                ray.cancel(ref, force=True)
+                interrupted = CellOutcome("interrupted", "stopped by Ctrl-C; --resume runs it again")
+                self._finish(cell, compose_record(cell, interrupted))
+            raise
+        return ran
+
+    # -- the cluster -------------------------------------------------------------------------------
     def _connect(self) -> Any:
         ray = import_ray()
         if self.address is None:
@@ -208,45 +238,6 @@ class RayExecutor:
         ]
         return ray.get(refs)
 
-    def run(self, cells: list[Cell]) -> int:
-        ray = self._connect()
-        self.store.set_meta("nodes", self.describe_nodes(ray))
-        gpu = ray.cluster_resources().get("GPU", 0) > 0
-        # On a CPU cluster a cell takes a whole node, so cells never share cores and skew each other's timings.
-        node_cpus = min(n["Resources"].get("CPU", 1) for n in ray.nodes() if n.get("Alive"))
-        task = ray.remote(run_on_node)
-        done = self.store.final_cell_ids()
-        refs: dict[Any, Cell] = {}
-        for cell in cells:
-            if cell.skip_reason is not None or cell.cell_id in done or not self.store.claim(cell.cell_id):
-                continue
-            payload = {
-                "cell": cell.to_dict(),
-                "model": self.model,
-                "fingerprint": self.fingerprint,
-                "gpu": gpu,
-                "timeout_s": self.timeout_s,
-                "budget": vars(self.budget),
-                "faults": {k: v for k, v in self.faults.items() if k in (cell.cell_id, cell.label)},
-            }
-            resources = {"num_gpus": 1} if gpu else {"num_cpus": node_cpus}
-            refs[task.options(max_retries=1, retry_exceptions=False, **resources).remote(payload)] = cell
-            self.progress.cell_started(cell)
-        ran = 0
-        try:
-            while refs:
-                ready, _ = ray.wait(list(refs), num_returns=1)
-                for ref in ready:
-                    cell = refs.pop(ref)
-                    self._finish(cell, self._result(ray, ref, cell))
-                    ran += 1
-        except KeyboardInterrupt:
-            for ref, cell in refs.items():
-                ray.cancel(ref, force=True)
-                self._finish(cell, cell.record("interrupted", "stopped by Ctrl-C; --resume runs it again"))
-            raise
-        return ran
-
     def _result(self, ray: Any, ref: Any, cell: Cell) -> dict[str, Any]:
         try:
             return ray.get(ref)
@@ -255,7 +246,9 @@ class RayExecutor:
                 f"the cell's Ray task failed after one retry: {type(exc).__name__} "
                 f"({str(exc).splitlines()[0][:300] if str(exc) else 'no message'})"
             )
-            return {**cell.record("crashed", reason), "ray.error": type(exc).__name__}
+            return compose_record(
+                cell, CellOutcome("crashed", reason), trailer={"ray.error": type(exc).__name__}
+            )
 
     def _finish(self, cell: Cell, record: dict[str, Any]) -> None:
         self.store.append(record)

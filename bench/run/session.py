@@ -1,29 +1,28 @@
-"""One `loadbench run`: plan, open the store, start the warm template, run, summarise."""
+"""One `loadbench run`: plan, open the store, start an executor, run, summarise.
+
+The run stage ends with the run directory written; rendering its report belongs to the `run` command
+(bench.commands.run), because the run stage never imports analysis.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.errors import SpecError
+from bench.measure.outcome import CellOutcome
 from bench.measure.probes import Budget
-from bench.measure.sampler import NvmlSampler, gpu_state, handle_for, import_nvml
-from bench.plan.checkpoints import cache_root
-from bench.plan.matrix import MatrixSpec, SpecError
+from bench.plan.matrix import Cell, MatrixSpec
 from bench.plan.planning import make_plan
-from bench.run.progress import make_progress
-from bench.run.runner import (
-    Runner,
-    RunOptions,
-    record_skips,
-    run_calibration,
-    run_quality_reference,
-    start_template,
-)
+from bench.run.compose import ModelFacts, compose_record
+from bench.run.executor import Executor, LocalExecutor, RunSettings
+from bench.run.progress import Progress, make_progress
 from bench.run.store import RunStore, select_shard
 
 
@@ -37,7 +36,6 @@ class RunRequest:
     budget_s: float | None = None
     min_samples: int = 5
     live: bool | None = None
-    faults: dict[str, str] | None = None  # test-only fault injection, by cell_id or label
     executor: str = "local"  # or "ray"
     address: str | None = None  # Ray cluster address (None: start a local one)
 
@@ -76,6 +74,14 @@ def lanes_for(caps: Any) -> list[str | None]:
 
 
 def run_matrix(request: RunRequest) -> int:
+    """Run a matrix (the Python API: tests, the pytest plugin); 0 once every cell has its record."""
+    run_stage(request)
+    return 0
+
+
+def run_stage(request: RunRequest) -> Path:
+    """Plan, run every cell of the request's shard through its executor, print the summary; returns the
+    run directory."""
     from bench.plan.capabilities import probe_cached
 
     if request.min_samples < 2:  # bad input is refused before anything is written
@@ -102,101 +108,55 @@ def run_matrix(request: RunRequest) -> int:
     )
     progress = make_progress(request.live)
     done = store.final_cell_ids()
-    if request.executor == "ray":
-        summary = _run_on_ray(request, store, plan, cells, budget, progress, done)
-    else:
-        summary = _run_locally(request, store, plan, cells, budget, progress, caps, done)
-    print_summary(store, cells, summary)
-    from bench.analysis.report import render
-
-    paths = render(store.directory)
-    print(f"report: {paths['markdown']} · {paths['html']}")
-    return 0
-
-
-def _run_on_ray(request, store, plan, cells, budget, progress, done) -> str:  # type: ignore[no-untyped-def]
-    from bench.run.ray_executor import RayExecutor, import_ray
-
-    import_ray()  # one sentence before anything runs when Ray is missing
-    executor = RayExecutor(
-        store,
-        request.spec.model,
-        plan.fingerprint,
-        progress,
-        address=request.address,
-        timeout_s=request.timeout_s,
+    settings = RunSettings(
+        store=store,
+        plan=plan,
         budget=budget,
-        faults=request.faults,
+        timeout_s=request.timeout_s,
+        progress=progress,
+        model_config=json.loads((plan.checkpoint / "config.json").read_text()),
     )
-    store.set_meta("executor", {"kind": "ray", "address": request.address})
+    executor = make_executor(request, settings, caps)
+    executor.start()
     progress.start(len(cells), sum(c.cell_id in done for c in cells))
     try:
-        config = json.loads((plan.checkpoint / "config.json").read_text())
-        record_skips(store, cells, progress, config, "cuda" if executor.gpu_cluster() else "cpu")
+        record_skips(store, cells, progress, ModelFacts(settings.model_config, executor.device()))
         executor.run(cells)
     finally:
         progress.stop()
-    return "ray executor: each node forks cells from its own warm template"
+        executor.close()
+    print_summary(store, cells, executor.summary())
+    return store.directory
 
 
-def _run_locally(request, store, plan, cells, budget, progress, caps, done) -> str:  # type: ignore[no-untyped-def]
-    ctx, template_s, isolation = start_template()
-    lanes = lanes_for(caps)
-    samplers = gpu_samplers(lanes)
-    options = RunOptions(
-        timeout_s=request.timeout_s,
-        budget=budget,
-        lanes=lanes,
-        faults=request.faults or {},
-        samplers=samplers,
-        model_config=json.loads((plan.checkpoint / "config.json").read_text()),
-    )
-    store.set_meta("executor", {"kind": "local", "lanes": lanes})
-    store.set_meta("template_startup_s", template_s)
-    store.set_meta("isolation", isolation)
-    logs = store.directory / "logs"
-    # Cached beside the checkpoints, not in the run directory: T × vocab float32 is ~1 GB for 150k vocabularies.
-    ref_path = (
-        cache_root() / "quality" / f"{plan.fingerprint}-{'cpu' if lanes[0] is None else 'cuda'}.safetensors"
-    )
-    ref_path.parent.mkdir(parents=True, exist_ok=True)
-    reference = run_quality_reference(ctx, plan.checkpoint, lanes[0], ref_path, logs / "quality.log")
-    store.set_meta("quality_reference", reference)
-    options.quality_ref = reference.get("path")
-    if lanes[0] is not None:
-        options.calibration = run_calibration(ctx, lanes[0], logs / "calibration.log")
-        store.set_meta("calibration", options.calibration)
-        store.set_meta(
-            "gpu_state_before", {lane: gpu_state(s.nvml, s.handle) for lane, s in samplers.items()}
+def make_executor(request: RunRequest, settings: RunSettings, caps: Any) -> Executor:
+    """The executor the request names; Ray's absence is one sentence before anything runs."""
+    if request.executor == "ray":
+        from bench.run.ray_executor import RayExecutor, import_ray
+
+        import_ray()
+        return RayExecutor(
+            settings.store,
+            request.spec.model,
+            settings.plan.fingerprint,
+            settings.progress,
+            address=request.address,
+            timeout_s=request.timeout_s,
+            budget=settings.budget,
         )
-    runner = Runner(store, plan.checkpoint, options, progress, ctx)
-    progress.start(len(cells), sum(c.cell_id in done for c in cells))
-    try:
-        record_skips(store, cells, progress, options.model_config, "cpu" if lanes[0] is None else "cuda")
-        runner.run(cells)
-    finally:
-        progress.stop()
-        for sampler in samplers.values():
-            sampler.stop()
-        if samplers:
-            store.set_meta(
-                "gpu_state_after", {lane: gpu_state(s.nvml, s.handle) for lane, s in samplers.items()}
-            )
-    return f"worker template ({isolation}) started in {template_s:.2f} s"
+    return LocalExecutor(settings, lanes_for(caps))
 
 
-def gpu_samplers(lanes: list[str | None]) -> dict[int, NvmlSampler]:
-    """One NVML sampler thread per GPU lane; none without NVML (the records then say why)."""
-    if lanes[0] is None:
-        return {}
-    nvml = import_nvml()
-    if nvml is None:
-        return {}
-    return {
-        i: NvmlSampler(nvml, handle_for(nvml, lane)).start()
-        for i, lane in enumerate(lanes)
-        if lane is not None
-    }
+def record_skips(store: RunStore, cells: list[Cell], progress: Progress, model: ModelFacts) -> None:
+    """Write the final `skipped` record of every planned cell a rule skipped (once per run), with its
+    memory estimate: that is how people plan for hardware they do not have."""
+    done = store.final_cell_ids()
+    host = socket.gethostname()
+    for cell in cells:
+        if cell.skip_reason and cell.cell_id not in done:
+            record = compose_record(cell, CellOutcome("skipped", cell.skip_reason), model=model, host=host)
+            store.append(record)
+            progress.cell_finished(cell, record)
 
 
 def print_summary(store: RunStore, cells: list[Any], how: str) -> None:

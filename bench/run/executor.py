@@ -1,0 +1,109 @@
+"""The Executor protocol, and the local executor: this host's GPUs (one lane each) or its CPU.
+
+The session drives any executor the same way: `start` (set the node up, write its run.json entries),
+`device` (where cells run, for the skipped cells' memory estimates), `run` the cells, `close`. An
+executor writes final records to the store as they land; the session never sees a cell's process.
+The Ray executor (bench.run.ray_executor) implements the same protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bench.measure.probes import Budget
+from bench.measure.sampler import NvmlSampler, gpu_state
+from bench.plan.matrix import Cell
+from bench.plan.planning import Plan
+from bench.run.faults import faults_from_environment
+from bench.run.node import gpu_samplers, prepare_node
+from bench.run.progress import Progress
+from bench.run.runner import Runner, RunOptions
+from bench.run.store import RunStore
+
+
+class Executor(Protocol):
+    """Runs a plan's cells somewhere and writes one final record per cell to the store."""
+
+    def start(self) -> None:
+        """Get ready to run (template, quality reference, calibration; or the cluster); before any record."""
+
+    def device(self) -> str:
+        """Where cells run: "cuda" or "cpu"."""
+
+    def run(self, cells: list[Cell]) -> int:
+        """Run every runnable cell without a final record; returns how many ran."""
+
+    def close(self) -> None:
+        """Release what `start` took (sampler threads); records what the run left behind."""
+
+    def summary(self) -> str:
+        """One line for the run's summary: how cells were isolated."""
+
+
+@dataclass
+class RunSettings:
+    """What every executor is given by the session."""
+
+    store: RunStore
+    plan: Plan
+    budget: Budget
+    timeout_s: float | None
+    progress: Progress
+    model_config: dict[str, Any]  # the checkpoint's config.json
+
+
+class LocalExecutor:
+    """This host: a warm template, one lane per visible GPU (or one CPU lane), cells forked from it."""
+
+    def __init__(self, settings: RunSettings, lanes: list[str | None]) -> None:
+        self.settings = settings
+        self.lanes = lanes
+        self.samplers: dict[int, NvmlSampler] = {}
+        self.runner: Runner | None = None
+        self.how = ""
+
+    def start(self) -> None:
+        store, plan = self.settings.store, self.settings.plan
+        logs = store.directory / "logs"
+        node = prepare_node(plan.checkpoint, plan.fingerprint, self.lanes[0], logs)
+        self.samplers = gpu_samplers(self.lanes)
+        store.set_meta("executor", {"kind": "local", "lanes": self.lanes})
+        store.set_meta("template_startup_s", node.template_s)
+        store.set_meta("isolation", node.isolation)
+        store.set_meta("quality_reference", node.quality_reference)
+        if node.calibration is not None:
+            store.set_meta("calibration", node.calibration)
+            store.set_meta("gpu_state_before", self._gpu_states())
+        options = RunOptions(
+            timeout_s=self.settings.timeout_s,
+            budget=self.settings.budget,
+            lanes=self.lanes,
+            samplers=dict(self.samplers),
+            model_config=self.settings.model_config,
+            calibration=node.calibration,
+            quality_ref=node.quality_ref,
+            faults=faults_from_environment(),
+        )
+        self.runner = Runner(store, plan.checkpoint, options, self.settings.progress, node.ctx)
+        self.how = f"worker template ({node.isolation}) started in {node.template_s:.2f} s"
+
+    def device(self) -> str:
+        return "cpu" if self.lanes[0] is None else "cuda"
+
+    def run(self, cells: list[Cell]) -> int:
+        if self.runner is None:
+            raise RuntimeError("LocalExecutor.run before start")
+        return self.runner.run(cells)
+
+    def close(self) -> None:
+        for sampler in self.samplers.values():
+            sampler.stop()
+        if self.samplers:
+            self.settings.store.set_meta("gpu_state_after", self._gpu_states())
+
+    def summary(self) -> str:
+        return self.how
+
+    def _gpu_states(self) -> dict[int, Any]:
+        return {lane: gpu_state(s.nvml, s.handle) for lane, s in self.samplers.items()}
