@@ -439,7 +439,6 @@ def test_a_cell_that_now_fails_is_a_regression(tmp_path: Path) -> None:
     assert "out of memory" in render_markdown(comparison)
 
 
-
 @pytest.mark.parametrize("status", ["unsupported", "invalid"])
 def test_every_failed_status_counts_and_a_skip_does_not(status: str) -> None:
     """compare's failed set is schema.FAILED_STATUSES: ok -> unsupported is a regression, the reverse an
@@ -455,6 +454,7 @@ def test_every_failed_status_counts_and_a_skip_does_not(status: str) -> None:
     assert forward.exit_code == EXIT_REGRESSION
     backward = compare_runs(_in_memory(new), _in_memory(base))
     assert [(s.base_status, s.new_status) for s in backward.status_improvements] == [(status, "ok")]
+
 
 def test_environment_differences_head_the_output(tmp_path: Path) -> None:
     h100 = [{"index": 0, "name": "NVIDIA H100 80GB HBM3"}]
