@@ -27,12 +27,11 @@ from bench.analysis.compare import (
     bh_adjust,
     compare,
     compare_runs,
-    main,
     mann_whitney_u,
-    register,
     render_json,
     render_markdown,
 )
+from bench.commands.compare import main, register
 from bench.run.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -438,6 +437,23 @@ def test_a_cell_that_now_fails_is_a_regression(tmp_path: Path) -> None:
     assert [(s.base_status, s.new_status) for s in comparison.status_regressions] == [("ok", "oom")]
     assert comparison.exit_code == EXIT_REGRESSION
     assert "out of memory" in render_markdown(comparison)
+
+
+@pytest.mark.parametrize("status", ["unsupported", "invalid"])
+def test_every_failed_status_counts_and_a_skip_does_not(status: str) -> None:
+    """compare's failed set is schema.FAILED_STATUSES: ok -> unsupported is a regression, the reverse an
+    improvement; a cell skipped on one host is only reported."""
+    base = _records(seed=1, cells=6)
+    new = _records(seed=1, cells=6)
+    head = ("cell_id", "label", "model", "checkpoint", "dtype", "quant", "attn")
+    new[2] = {**{k: new[2][k] for k in head}, "status": status, "reason": "refused here"}
+    new[4] = {**{k: new[4][k] for k in head}, "status": "skipped", "reason": "a rule"}
+    forward = compare_runs(_in_memory(base), _in_memory(new))
+    assert [(s.base_status, s.new_status) for s in forward.status_regressions] == [("ok", status)]
+    assert [s.verdict for s in forward.status_changes if s.new_status == "skipped"] == ["changed"]
+    assert forward.exit_code == EXIT_REGRESSION
+    backward = compare_runs(_in_memory(new), _in_memory(base))
+    assert [(s.base_status, s.new_status) for s in backward.status_improvements] == [(status, "ok")]
 
 
 def test_environment_differences_head_the_output(tmp_path: Path) -> None:

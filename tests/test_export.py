@@ -14,6 +14,7 @@ import pytest
 from pytest_benchmark.stats import Stats
 
 from bench.analysis import export
+from bench.commands import export as export_command
 from tests.test_report import H100_RUN, grid_records, make_record, make_run
 
 
@@ -144,7 +145,7 @@ def test_github_action_benchmark_writes_two_files(grid_run: Path, tmp_path: Path
 
 def _cli(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="loadbench")
-    export.register(parser.add_subparsers(dest="command", required=True))
+    export_command.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["export", *argv])
     return args.func(args)
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from bench.analysis import recommend
+from bench.commands import recommend as recommend_command
 from tests.test_report import H100_RUN, make_record, make_run
 
 GiB = 1 << 30
@@ -119,7 +120,7 @@ def test_a_run_without_the_task_says_what_to_run(tmp_path: Path) -> None:
 
 def _cli(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="loadbench")
-    recommend.register(parser.add_subparsers(dest="command", required=True))
+    recommend_command.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["recommend", *argv])
     return args.func(args)
 

@@ -11,18 +11,18 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
-import sys
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.analysis import report
-from bench.run import store
+from bench.analysis.frame import Run, frame_of, rows, to_frame
+from bench.analysis.values import is_missing, knob_text, number
+from bench.fileio import atomic_write_text
+from bench.schema import KNOBS, METRICS, PEAK_SOURCES, WORKLOADS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,17 +35,16 @@ __all__ = [
     "export_pytest_benchmark",
     "github_action_benchmark",
     "pytest_benchmark",
-    "register",
 ]
 
 FORMATS = ("pytest-benchmark", "github-action-benchmark")
 # Timed metrics in seconds with per-sample values: what pytest-benchmark's time columns can hold.
-TIMED_METRICS = ("prefill.latency_s", "train.step_s", "decode.ttft_s", "decode.tpot_s")
-RATE_METRICS = tuple(f"{w}.tokens_per_s" for w in report.WORKLOADS)
+TIMED_METRICS = tuple(m.name for m in METRICS.values() if m.sampled and m.unit == "s")
+RATE_METRICS = tuple(m.name for m in METRICS.values() if m.sampled and m.unit == "tokens/s")
+# The load is timed once per cell: no samples for pytest-benchmark, but a point on a chart.
 SECONDS_METRICS = ("load.model_s", *TIMED_METRICS)
 # The pytest-benchmark release whose JSON layout this mimics (checked against its `compare` command).
 PYTEST_BENCHMARK_LAYOUT = "5.3.1"
-EXIT_BAD_INPUT = 2
 
 
 # --- pytest-benchmark -----------------------------------------------------------------------------------
@@ -100,8 +99,8 @@ def benchmark_stats(samples: Sequence[float]) -> dict[str, Any]:
 
 def _cell_name(row: dict[str, Any]) -> str:
     """Stable across runs of one spec, so `compare` lines up the same cell: model, knobs, shape."""
-    shape = f"b{report.knob_text('batch', row.get('batch'))}-s{report.knob_text('seq', row.get('seq'))}"
-    return f"{report.knob_text('model', row.get('model'))}/{row.get('label') or row.get('cell_id')}/{shape}"
+    shape = f"b{knob_text('batch', row.get('batch'))}-s{knob_text('seq', row.get('seq'))}"
+    return f"{knob_text('model', row.get('model'))}/{row.get('label') or row.get('cell_id')}/{shape}"
 
 
 def _machine_info(meta: dict[str, Any]) -> dict[str, Any]:
@@ -136,12 +135,12 @@ def _commit_info(meta: dict[str, Any]) -> dict[str, Any]:
 
 def _ok_rows(frame: pd.DataFrame, metrics: Sequence[str]) -> list[dict[str, Any]]:
     """Ok cells as dicts holding only the columns an export needs (a wide frame is slow to convert)."""
-    wanted = {"cell_id", "label", *report.KNOBS}
+    wanted = {"cell_id", "label", *KNOBS}
     for metric in metrics:
         wanted |= {metric, *(f"{metric}.{s}" for s in ("samples", "p10", "p90", "n"))}
     wanted |= {c for c in frame.columns if c.startswith("mem.")}
     ok = frame[frame["status"] == "ok"]
-    return ok[[c for c in ok.columns if c in wanted]].to_dict("records")
+    return rows(ok, [c for c in ok.columns if c in wanted])
 
 
 def _benchmark(row: dict[str, Any], metric: str, samples: list[float]) -> dict[str, Any]:
@@ -150,7 +149,7 @@ def _benchmark(row: dict[str, Any], metric: str, samples: list[float]) -> dict[s
         "group": metric,
         "name": name,
         "fullname": f"loadbench::{name}",
-        "params": {k: (None if report.is_missing(row.get(k)) else row.get(k)) for k in report.KNOBS},
+        "params": {k: (None if is_missing(row.get(k)) else row.get(k)) for k in KNOBS},
         "param": _cell_name(row),
         "extra_info": {"cell_id": row.get("cell_id"), "unit": "s", "metric": metric},
         "options": {
@@ -173,11 +172,7 @@ def pytest_benchmark(frame: pd.DataFrame, meta: dict[str, Any]) -> dict[str, Any
     for row in _ok_rows(frame, TIMED_METRICS):
         for metric in TIMED_METRICS:
             samples = row.get(f"{metric}.samples")
-            values = (
-                [float(v) for v in samples if report.number(v) is not None]
-                if isinstance(samples, list)
-                else []
-            )
+            values = [float(v) for v in samples if number(v) is not None] if isinstance(samples, list) else []
             if values:
                 benchmarks.append(_benchmark(row, metric, values))
     return {
@@ -195,10 +190,10 @@ def pytest_benchmark(frame: pd.DataFrame, meta: dict[str, Any]) -> dict[str, Any
 def _entry(name: str, unit: str, value: float, row: dict[str, Any], metric: str) -> dict[str, Any]:
     """One {name, unit, value, range?, extra?} item; range is the record's own p10–p90 when it has one."""
     entry: dict[str, Any] = {"name": name, "unit": unit, "value": value}
-    p10, p90 = report.number(row.get(f"{metric}.p10")), report.number(row.get(f"{metric}.p90"))
+    p10, p90 = number(row.get(f"{metric}.p10")), number(row.get(f"{metric}.p90"))
     if p10 is not None and p90 is not None:
         entry["range"] = f"p10–p90 {p10:.6g}–{p90:.6g}"
-    n = report.number(row.get(f"{metric}.n"))
+    n = number(row.get(f"{metric}.n"))
     entry["extra"] = f"cell {row.get('cell_id')}; {metric}" + (f"; n={n:.0f}" if n is not None else "")
     return entry
 
@@ -210,12 +205,12 @@ def github_action_benchmark(frame: pd.DataFrame) -> dict[str, list[dict[str, Any
     for row in _ok_rows(frame, (*RATE_METRICS, *SECONDS_METRICS)):
         cell = _cell_name(row)
         for metric in RATE_METRICS:
-            if (value := report.number(row.get(metric))) is not None:
+            if (value := number(row.get(metric))) is not None:
                 bigger.append(_entry(f"{metric} [{cell}]", "tok/s", value, row, metric))
         for metric in SECONDS_METRICS:
-            if (value := report.number(row.get(metric))) is not None:
+            if (value := number(row.get(metric))) is not None:
                 smaller.append(_entry(f"{metric} [{cell}]", "s", value, row, metric))
-        for workload in report.WORKLOADS:
+        for workload in WORKLOADS:
             column = _peak_column(row, workload)
             if column is not None:
                 smaller.append(_entry(f"{column} [{cell}]", "bytes", float(row[column]), row, column))
@@ -223,10 +218,10 @@ def github_action_benchmark(frame: pd.DataFrame) -> dict[str, list[dict[str, Any
 
 
 def _peak_column(row: dict[str, Any], workload: str) -> str | None:
-    """As in the report: the torch allocator's peak on a GPU, else the RSS peak."""
-    for suffix in ("torch_allocated_bytes", "rss_bytes"):
+    """As in the report: the first source of schema's "report" peak rule the cell recorded."""
+    for suffix, _ in PEAK_SOURCES["report"]:
         column = f"mem.{workload}.{suffix}"
-        if report.number(row.get(column)) is not None:
+        if number(row.get(column)) is not None:
             return column
     return None
 
@@ -235,23 +230,17 @@ def _peak_column(row: dict[str, Any], workload: str) -> str | None:
 
 
 def _write_json(path: Path, document: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(
-        json.dumps(document, indent=2, ensure_ascii=True, allow_nan=False) + "\n", encoding="utf-8"
-    )
-    os.replace(tmp, path)
-    return path
+    """Strict JSON (no NaN), written atomically: a CI step never reads half a file."""
+    return atomic_write_text(path, json.dumps(document, indent=2, ensure_ascii=True, allow_nan=False) + "\n")
 
 
 def export_pytest_benchmark(
     run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
 ) -> Path:
     """Write the pytest-benchmark JSON (default: DIR/pytest-benchmark.json)."""
-    frame = report.to_frame(run_dir)
-    meta = store.RunStore.open(run_dir).meta
+    run = Run.open(run_dir)
     path = Path(out) if out is not None else Path(run_dir) / "pytest-benchmark.json"
-    return _write_json(path, pytest_benchmark(frame, meta))
+    return _write_json(path, pytest_benchmark(frame_of(run), run.meta))
 
 
 def _prefix(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None) -> str:
@@ -265,45 +254,8 @@ def export_github_action_benchmark(
     run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
 ) -> dict[str, Path]:
     """Write `<prefix>.bigger.json` and `<prefix>.smaller.json` (default prefix: DIR/github-action-benchmark)."""
-    documents = github_action_benchmark(report.to_frame(run_dir))
+    documents = github_action_benchmark(to_frame(run_dir))
     prefix = _prefix(run_dir, out)
     return {
         flavour: _write_json(Path(f"{prefix}.{flavour}.json"), items) for flavour, items in documents.items()
     }
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    try:
-        if args.format == "pytest-benchmark":
-            paths = [export_pytest_benchmark(args.dir, args.out)]
-        else:
-            paths = list(export_github_action_benchmark(args.dir, args.out).values())
-    except store.StoreError as exc:
-        print(f"loadbench: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except OSError as exc:
-        print(f"loadbench: cannot write the export to {args.out} ({exc.strerror or exc}).", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    for path in paths:
-        print(path)
-    return 0
-
-
-def register(subparsers: Any) -> None:
-    """Add `loadbench export DIR --format pytest-benchmark|github-action-benchmark [--out FILE]`."""
-    parser = subparsers.add_parser(
-        "export",
-        help="write a run in pytest-benchmark or github-action-benchmark JSON",
-        description=(
-            "pytest-benchmark: one JSON file that `pytest-benchmark compare` reads (--out FILE, default "
-            "DIR/pytest-benchmark.json). github-action-benchmark: two files, PREFIX.bigger.json for "
-            "customBiggerIsBetter (tok/s) and PREFIX.smaller.json for customSmallerIsBetter (seconds, bytes) "
-            "(--out PREFIX, default DIR/github-action-benchmark)."
-        ),
-    )
-    parser.add_argument("dir", metavar="DIR", help="a run directory")
-    parser.add_argument("--format", required=True, choices=FORMATS)
-    parser.add_argument(
-        "--out", metavar="FILE", help="output file (pytest-benchmark) or prefix (github-action-benchmark)"
-    )
-    parser.set_defaults(func=_cmd_export)

@@ -8,38 +8,37 @@ allocator's reserved peak, then the NVML per-process peak, then the process RSS 
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench import units
-from bench.analysis import report
-from bench.run import store
+from bench.analysis.frame import rows, to_frame
+from bench.analysis.values import knob_text, number
+from bench.errors import RecommendError
+from bench.schema import KNOBS, PEAK_SOURCES
 
 if TYPE_CHECKING:
     import pandas as pd
     from rich.console import Console
 
-__all__ = ["OBJECTIVES", "TASKS", "Choice", "Recommendation", "parse_margin", "recommend", "register"]
+__all__ = [
+    "OBJECTIVES",
+    "TASKS",
+    "Choice",
+    "RecommendError",
+    "Recommendation",
+    "parse_margin",
+    "print_recommendation",
+    "recommend",
+]
 
 TASKS = ("train", "infer")
 OBJECTIVES = ("throughput", "memory", "balanced")
 PHASES = {"train": ("train",), "infer": ("prefill", "decode")}
 # (column suffix, words): the first source a cell recorded is the one its peak comes from.
-SOURCES = (
-    ("torch_reserved_bytes", "torch reserved peak"),
-    ("nvml_process_bytes", "NVML process peak"),
-    ("rss_bytes", "RSS peak"),
-)
+SOURCES = PEAK_SOURCES["budget"]
 GIB = float(1 << 30)
-EXIT_BAD_INPUT = 2
-
-
-class RecommendError(store.StoreError):
-    """A request that cannot be answered as asked; one sentence a user can act on."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +97,7 @@ class Recommendation:
 def _peak(row: dict[str, Any], phases: tuple[str, ...]) -> tuple[float, str, str] | None:
     """(bytes, source words, column) of a cell's task peak, from the first source that recorded it."""
     for suffix, words in SOURCES:
-        values = [(report.number(row.get(f"mem.{p}.{suffix}")), f"mem.{p}.{suffix}") for p in phases]
+        values = [(number(row.get(f"mem.{p}.{suffix}")), f"mem.{p}.{suffix}") for p in phases]
         present = [(v, c) for v, c in values if v is not None and v > 0]
         if present:
             value, column = max(present)
@@ -120,15 +119,15 @@ def candidates(frame: pd.DataFrame, task: str) -> list[Choice]:
     ok = frame[frame["status"] == "ok"]
     if metric not in ok.columns:
         return []
-    columns = [c for c in ok.columns if c.startswith("mem.") or c in (*report.KNOBS, "cell_id", "label")]
-    columns += [c for c in (metric, "prefill.tokens_per_s") if c in ok.columns and c not in columns]
+    columns = [c for c in ok.columns if c.startswith("mem.") or c in (*KNOBS, "cell_id", "label")]
+    columns += [metric, "prefill.tokens_per_s"]
     out = []
-    for row in ok[columns].to_dict("records"):
-        rate, peak = report.number(row.get(metric)), _peak(row, PHASES[task])
+    for row in rows(ok, columns):
+        rate, peak = number(row.get(metric)), _peak(row, PHASES[task])
         if rate is None or peak is None:
             continue
-        knobs = {k: row.get(k) for k in report.KNOBS}
-        prefill = report.number(row.get("prefill.tokens_per_s"))
+        knobs = {k: row.get(k) for k in KNOBS}
+        prefill = number(row.get("prefill.tokens_per_s"))
         out.append(
             Choice(str(row["cell_id"]), str(row.get("label") or ""), knobs, rate, metric, prefill, *peak)
         )
@@ -145,16 +144,16 @@ def _knob_words(name: str, value: Any) -> str:
     if name == "quant" and value == "none":
         return "unquantized"
     if name == "use_cache":
-        return f"cache {report.knob_text(name, value)}"
+        return f"cache {knob_text(name, value)}"
     if name in ("batch", "seq", "threads"):
-        return f"{name} {report.knob_text(name, value)}"
+        return f"{name} {knob_text(name, value)}"
     if name == "new_tokens":
-        return f"{report.knob_text(name, value)} new tokens"
-    return report.knob_text(name, value)
+        return f"{knob_text(name, value)} new tokens"
+    return knob_text(name, value)
 
 
 def _varying(choices: list[Choice]) -> list[str]:
-    return [k for k in report.KNOBS if len({report.knob_text(k, c.knobs.get(k)) for c in choices}) > 1]
+    return [k for k in KNOBS if len({knob_text(k, c.knobs.get(k)) for c in choices}) > 1]
 
 
 def describe(choice: Choice, knobs: list[str]) -> str:
@@ -165,11 +164,7 @@ def describe(choice: Choice, knobs: list[str]) -> str:
 
 def difference(other: Choice, best: Choice) -> str:
     """`other` by only the knobs where it differs from `best`: "nf4", "eager + no checkpointing"."""
-    differing = [
-        k
-        for k in report.KNOBS
-        if report.knob_text(k, other.knobs.get(k)) != report.knob_text(k, best.knobs.get(k))
-    ]
+    differing = [k for k in KNOBS if knob_text(k, other.knobs.get(k)) != knob_text(k, best.knobs.get(k))]
     return describe(other, differing) if differing else f"cell {other.cell_id}"
 
 
@@ -237,7 +232,7 @@ def recommend(
     if isinstance(vram_bytes, str):
         vram_bytes = units.parse_size(vram_bytes, "vram")
     _check_request(vram_bytes, task, objective, margin)
-    return choose(report.to_frame(run_dir), vram_bytes, task, objective, margin)
+    return choose(to_frame(run_dir), vram_bytes, task, objective, margin)
 
 
 def choose(
@@ -357,36 +352,3 @@ def print_recommendation(rec: Recommendation, console: Console) -> None:
         console.print(Text(title))
     for reason in rec.reasons:
         console.print(Text(f"- {reason}"))
-
-
-def _cmd_recommend(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    try:
-        vram = units.parse_size(args.vram, "--vram")
-        margin = parse_margin(args.margin)
-        rec = recommend(Path(args.dir), vram, args.task, args.objective, margin)
-    except ValueError as exc:  # StoreError, RecommendError, LoadConfigError: one sentence each
-        print(f"loadbench: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    print_recommendation(rec, Console(width=None if sys.stdout.isatty() else 160))
-    return 0
-
-
-def register(subparsers: Any) -> None:
-    """Add `loadbench recommend DIR --vram 24GiB --task train|infer [--objective ...] [--margin 0.1]`."""
-    parser = subparsers.add_parser(
-        "recommend",
-        help="choose a configuration for a memory budget and a task",
-        description="Pick the best measured configuration whose peak memory fits the budget.",
-    )
-    parser.add_argument("dir", metavar="DIR", help="a run directory")
-    parser.add_argument(
-        "--vram", required=True, help="memory of the target device, e.g. 24GiB, 16GB, 80G, 512MiB"
-    )
-    parser.add_argument(
-        "--task", required=True, choices=TASKS, help="train (train step) or infer (prefill+decode)"
-    )
-    parser.add_argument("--objective", default="throughput", choices=OBJECTIVES, help="default: throughput")
-    parser.add_argument("--margin", default="0.1", help="fraction of memory kept free (default 0.1; or 10%%)")
-    parser.set_defaults(func=_cmd_recommend)

@@ -1,0 +1,330 @@
+"""`compare`'s verdicts: each timed metric of each matched cell judged from its samples, not its median alone.
+
+A metric is a regression or an improvement only when a Mann-Whitney U test (Benjamini-Hochberg over every
+metric judged in the comparison) and a minimum effect on the median both say so. Metrics the runner flagged
+noisy in either run, and metrics with fewer than MIN_N samples in either run, are "not judged" with that
+reason. Memory metrics are single values, compared by the minimum effect alone (and at least 1 MiB). A cell
+that was ok in BASE and fails in NEW (schema.FAILED_STATUSES) is a regression too. A metric's direction
+comes from the schema's registry (schema.METRICS), never from its name.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.analysis.compare.matching import check_comparable, match
+from bench.analysis.compare.results import Comparison, MetricResult, StatusChange, worse_by
+from bench.analysis.compare.runs import RunData, env_differences, state_notes
+from bench.analysis.compare.stats import bh_adjust, mann_whitney_u, min_p
+from bench.errors import CompareError
+from bench.measure.probes import NOISY_REL_IQR
+from bench.schema import FAILED_STATUSES, METRICS, is_memory
+
+__all__ = ["MEM_ABS_FLOOR_BYTES", "MIN_N", "compare", "compare_runs", "gc_paused"]
+
+MIN_N = 5  # fewer samples than this in either run: not judged
+MEM_ABS_FLOOR_BYTES = 1 << 20  # a memory change smaller than 1 MiB is never a verdict
+# Timings recorded once per cell (no samples): shown, never judged (n=1 < MIN_N).
+SINGLE_SHOT_TIMINGS = ("load.model_s",)
+
+
+@lru_cache(maxsize=4096)
+def _better(name: str) -> str | None:
+    """ "higher" or "lower" from the registry; None for a column that is no judged metric."""
+    entry = METRICS.get(name)
+    return entry.better if entry is not None else None
+
+
+def _memory_better(name: str) -> str:
+    """Every memory metric the registry lists is lower-is-better; one it does not list is memory all the same."""
+    return _better(name) or "lower"
+
+
+def _metric_names(record: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(timed metric names, memory metric names) of a record."""
+    timed = [key[:-8] for key in record if key.endswith(".samples")]
+    timed += [name for name in SINGLE_SHOT_TIMINGS if name in record and name not in timed]  # layout only
+    memory = [key for key in record if key.startswith("mem.") and is_memory(key)]
+    return timed, memory
+
+
+class _NameCache:
+    """Records of one run share a handful of key layouts; find their metric names once per layout."""
+
+    def __init__(self) -> None:
+        self._by_layout: dict[tuple[str, ...], tuple[list[str], list[str]]] = {}
+
+    def __call__(self, record: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+        layout = tuple(record)
+        names = self._by_layout.get(layout)
+        if names is None:
+            names = self._by_layout[layout] = _metric_names(record)
+        return names
+
+
+@lru_cache(maxsize=4096)
+def _keys(name: str) -> tuple[str, str]:
+    return f"{name}.samples", f"{name}.noisy"
+
+
+def _timed(record: Mapping[str, Any], name: str) -> tuple[float | None, list[Any] | None, bool | None]:
+    """(median, samples, noisy flag) of a timed metric; a single-shot timing is one sample."""
+    samples_key, noisy_key = _keys(name)
+    value, samples, flag = record.get(name), record.get(samples_key), record.get(noisy_key)
+    if type(value) is float and type(samples) is list and math.isfinite(value):  # the runner's records
+        return value, samples, flag if type(flag) is bool else None
+    median = float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+    if not isinstance(samples, list):
+        samples = None if median is None else [median]
+    elif median is None and samples:
+        median = float(np.nanmedian(np.array(samples, dtype=float)))
+    return median, samples, flag if isinstance(flag, bool) else None
+
+
+def _noisy(samples: np.ndarray) -> bool:
+    """The runner's rule, for records that carry samples but no `.noisy` flag."""
+    if samples.size < 2:
+        return False
+    q1, median, q3 = np.quantile(samples, [0.25, 0.5, 0.75])
+    return bool(median > 0 and (q3 - q1) / median > NOISY_REL_IQR)
+
+
+def _label(base: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    label = new.get("label") or base.get("label")
+    if label:
+        return str(label)
+    ckpt = "ckpt" if new.get("grad_ckpt") else "no-ckpt"
+    return f"{new.get('dtype')}/{new.get('quant')}/{new.get('attn')}/{ckpt}/cache-{new.get('use_cache')}"
+
+
+def _status_change(label: str, b: Mapping[str, Any], n: Mapping[str, Any]) -> StatusChange | None:
+    bs, ns = str(b.get("status")), str(n.get("status"))
+    if bs == ns:
+        return None
+    reason = n.get("reason") if ns != "ok" else b.get("reason")
+    if bs == "ok" and ns in FAILED_STATUSES:
+        verdict = "regression"
+    elif bs in FAILED_STATUSES and ns == "ok":
+        verdict = "improvement"
+    else:
+        verdict = "changed"  # e.g. skipped on one host, interrupted: reported, not judged
+    return StatusChange(label, b["cell_id"], n["cell_id"], bs, ns, verdict, str(reason) if reason else None)
+
+
+def _memory_result(
+    label: str, b_id: str, n_id: str, name: str, bv: Any, nv: Any, min_effect: float
+) -> MetricResult:
+    base = float(bv) if isinstance(bv, (int, float)) else None
+    new = float(nv) if isinstance(nv, (int, float)) else None
+    result = MetricResult(
+        label, b_id, n_id, name, "single value", _memory_better(name), base, new, None, 1, 1
+    )
+    if base is None or new is None:
+        result.reason = "missing in BASE" if base is None else "missing in NEW"
+    elif base <= 0:
+        result.reason = "zero in BASE"
+    else:
+        result.change = change = new / base - 1.0
+        big = abs(change) >= min_effect and abs(new - base) >= MEM_ABS_FLOOR_BYTES
+        result.verdict = ("regression" if change > 0 else "improvement") if big else "no change"
+    return result
+
+
+def compare_runs(base: RunData, new: RunData, *, min_effect: float = 0.05, alpha: float = 0.01) -> Comparison:
+    """Judge every metric of every matched cell; raises CompareError on bad input."""
+    if not 0.0 < alpha < 1.0:
+        raise CompareError(f"--alpha must be between 0 and 1, got {alpha}.")
+    if not min_effect >= 0.0:
+        raise CompareError(f"--min-effect must be 0 or more, got {min_effect}.")
+    notes = check_comparable(base, new)
+    pairs, matched_by, match_notes, base_only, new_only = match(base, new)
+    if not pairs:
+        raise CompareError(
+            f"no cell of NEW {new.directory} matches a cell of BASE {base.directory} by cell_id or by knobs; "
+            "compare runs of the same matrix."
+        )
+    results: list[MetricResult] = []
+    status_changes: list[StatusChange] = []
+    # Tests to run, grouped by sample sizes so each group is one vectorised call.
+    pending: list[tuple[int, Any, Any, bool | None, bool | None]] = []  # timed metrics to judge
+    names_of = _NameCache()
+    for b, n in pairs:
+        label = _label(b, n)
+        if b.get("status") != "ok" or n.get("status") != "ok":
+            change = _status_change(label, b, n)
+            if change is not None:
+                status_changes.append(change)
+            continue
+        b_timed, b_memory = names_of(b)
+        n_timed, n_memory = names_of(n)
+        b_id, n_id = b["cell_id"], n["cell_id"]
+        for name in b_timed if b_timed == n_timed else sorted({*b_timed, *n_timed}):
+            better = _better(name)
+            if better is None:
+                continue
+            bm, xs, b_noisy = _timed(b, name)
+            nm, ys, n_noisy = _timed(n, name)
+            if bm is None and nm is None:
+                continue  # measured in neither run (a workload this cell does not run)
+            result = MetricResult(label, b_id, n_id, name, "samples", better, bm, nm, None,
+                                  len(xs) if xs else 0, len(ys) if ys else 0)  # fmt: skip
+            results.append(result)
+            if bm is None or nm is None:
+                result.reason = "missing in BASE" if bm is None else "missing in NEW"
+            elif bm <= 0:
+                result.reason = "zero in BASE"
+            else:
+                result.change = nm / bm - 1.0
+                pending.append((len(results) - 1, xs, ys, b_noisy, n_noisy))
+        for name in b_memory if b_memory == n_memory else sorted({*b_memory, *n_memory}):
+            bv, nv = b.get(name), n.get(name)
+            if bv is None and nv is None:
+                continue  # not measured on either host (e.g. the CUDA allocator on a CPU)
+            results.append(_memory_result(label, b_id, n_id, name, bv, nv, min_effect))
+
+    tested = _judge(results, pending, min_effect=min_effect, alpha=alpha)
+    notes += _power_notes(results, tested, alpha)
+    base_env, new_env = base.environment, new.environment
+    return Comparison(
+        base_dir=base.directory,
+        new_dir=new.directory,
+        model=new.model,
+        matched_by=matched_by,
+        notes=match_notes + notes + state_notes(base, new),
+        environment=env_differences(base, new),
+        commits=(base_env.get("git_commit"), new_env.get("git_commit")),
+        cells_matched=len(pairs),
+        base_only=base_only,
+        new_only=new_only,
+        results=results,
+        status_changes=status_changes,
+        min_effect=min_effect,
+        alpha=alpha,
+        tests=len(tested),
+    )
+
+
+def _judge(
+    results: list[MetricResult],
+    pending: list[tuple[int, Any, Any, bool | None, bool | None]],
+    *,
+    min_effect: float,
+    alpha: float,
+) -> list[int]:
+    """Give each pending timed metric its verdict; returns the indexes of those tested (the BH family)."""
+    by_size: dict[tuple[int, int], list[tuple[int, Any, Any, bool | None, bool | None]]] = defaultdict(list)
+    for item in pending:
+        _, xs, ys, _, _ = item
+        if len(xs) < MIN_N or len(ys) < MIN_N:
+            results[item[0]].reason = f"n<{MIN_N}"
+        else:
+            by_size[(len(xs), len(ys))].append(item)
+
+    tested: list[int] = []
+    p_values: list[float] = []
+    directions: list[float] = []
+    for (m, k), items in by_size.items():  # one vectorised test per pair of sample sizes
+        u_y: np.ndarray
+        p: np.ndarray
+        x = np.array([item[1] for item in items], dtype=float)  # null (a non-finite sample) becomes NaN
+        y = np.array([item[2] for item in items], dtype=float)
+        b_flags = [item[3] for item in items]
+        n_flags = [item[4] for item in items]
+        unusual = np.isnan(x).any(axis=1) | np.isnan(y).any(axis=1)
+        unusual |= np.array([flag is None for flag in b_flags]) | np.array([flag is None for flag in n_flags])
+        noisy = np.array([bool(a) or bool(b) for a, b in zip(b_flags, n_flags, strict=True)]) & ~unusual
+        for row in np.flatnonzero(noisy):
+            results[items[row][0]].reason = "noisy"
+        for row in np.flatnonzero(unusual):  # the rare slow path: recount, recheck noise, test alone
+            index, _, _, b_noisy, n_noisy = items[row]
+            _judge_one(results, index, x[row], y[row], (b_noisy, n_noisy), (tested, p_values, directions))
+        keep = ~(noisy | unusual)
+        if not keep.any():
+            continue
+        u_y, p = mann_whitney_u(x[keep], y[keep])
+        tested += [item[0] for item, kept in zip(items, keep, strict=True) if kept]
+        p_values += p.tolist()
+        directions += (u_y - m * k / 2.0).tolist()
+    q_values = bh_adjust(p_values)
+    for index, p_value, q, direction in zip(tested, p_values, q_values.tolist(), directions, strict=True):
+        result = results[index]
+        result.p, result.q = p_value, q
+        change = result.change or 0.0
+        # The test's direction must agree with the medians' (a shift, not only a change of shape).
+        agrees = direction != 0 and (direction > 0) == (change > 0)
+        if q <= alpha and abs(change) >= min_effect and agrees:
+            result.verdict = "regression" if worse_by(result) > 0 else "improvement"
+        else:
+            result.verdict = "no change"
+    return tested
+
+
+def _judge_one(
+    results: list[MetricResult],
+    index: int,
+    x: np.ndarray,
+    y: np.ndarray,
+    flags: tuple[bool | None, bool | None],
+    out: tuple[list[int], list[float], list[float]],
+) -> None:
+    """One metric with null samples or no `.noisy` flag (records not written by this runner)."""
+    result, (b_noisy, n_noisy), (tested, p_values, directions) = results[index], flags, out
+    x, y = x[~np.isnan(x)], y[~np.isnan(y)]
+    result.n_base, result.n_new = x.size, y.size
+    if x.size < MIN_N or y.size < MIN_N:
+        result.reason = f"n<{MIN_N}"
+    elif (_noisy(x) if b_noisy is None else b_noisy) or (_noisy(y) if n_noisy is None else n_noisy):
+        result.reason = "noisy"
+    else:
+        u_y, p = mann_whitney_u(x, y)
+        tested.append(index)
+        p_values.append(float(p[0]))
+        directions.append(float(u_y[0]) - x.size * y.size / 2.0)
+
+
+def _power_notes(results: list[MetricResult], tested: list[int], alpha: float) -> list[str]:
+    """Say when some tests had too few samples to ever flag a regression of one metric on its own."""
+    if not tested:
+        return []
+    family = len(tested)
+    weak = [i for i in tested if min_p(results[i].n_base, results[i].n_new) > alpha / family]
+    if not weak:
+        return []
+    smallest = min(weak, key=lambda i: results[i].n_base + results[i].n_new)
+    r = results[smallest]
+    return [
+        f"{len(weak)} of the {family} tested metrics have too few samples to be flagged on their own "
+        f"(with n={r.n_base}/{r.n_new} the smallest possible p is {min_p(r.n_base, r.n_new):.2g}, above "
+        f"{alpha:g}/{family}); a regression there is caught only when many metrics move together. "
+        "A CI gate should take at least 10 samples per metric."
+    ]
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Reading and judging 10,000 cells makes millions of acyclic objects (floats, dicts, results); the
+    cyclic collector would walk them over and over for nothing (half the time of a big compare)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def compare(
+    base_dir: str | Path, new_dir: str | Path, *, min_effect: float = 0.05, alpha: float = 0.01
+) -> Comparison:
+    """Compare two run directories; raises CompareError (a StoreError) on bad input."""
+    with gc_paused():
+        return compare_runs(RunData.load(base_dir), RunData.load(new_dir), min_effect=min_effect, alpha=alpha)

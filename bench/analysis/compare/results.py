@@ -1,0 +1,116 @@
+"""What a comparison found: a verdict per metric of each matched cell, status changes, and the exit code."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from bench.errors import EXIT_OK, EXIT_REGRESSION
+
+__all__ = ["Comparison", "MetricResult", "StatusChange", "worse_by"]
+
+
+@dataclass(slots=True)
+class MetricResult:
+    """The verdict on one metric of one matched cell."""
+
+    cell: str  # the cell's label (dtype/quant/attn/ckpt/cache)
+    base_cell_id: str
+    new_cell_id: str
+    metric: str
+    kind: str  # "samples" (tested), "single value" (min effect only)
+    better: str  # "higher" or "lower"
+    base: float | None  # median (or the single value)
+    new: float | None
+    change: float | None  # new / base - 1
+    n_base: int
+    n_new: int
+    p: float | None = None
+    q: float | None = None
+    verdict: str = "not judged"  # regression, improvement, no change, not judged
+    reason: str | None = None
+
+
+@dataclass
+class StatusChange:
+    """A matched cell whose status differs between BASE and NEW."""
+
+    cell: str
+    base_cell_id: str
+    new_cell_id: str
+    base_status: str
+    new_status: str
+    verdict: str  # regression, improvement, changed
+    reason: str | None
+
+
+@dataclass
+class Comparison:
+    """Everything compare found; the renderers and the exit code read only this."""
+
+    base_dir: str
+    new_dir: str
+    model: str | None
+    matched_by: str
+    notes: list[str]
+    environment: list[tuple[str, Any, Any]]  # (field, BASE, NEW) where they differ
+    commits: tuple[Any, Any]
+    cells_matched: int
+    base_only: list[str]
+    new_only: list[str]
+    results: list[MetricResult]
+    status_changes: list[StatusChange]
+    min_effect: float
+    alpha: float
+    tests: int  # metrics tested (the BH family size)
+
+    def of(self, verdict: str) -> list[MetricResult]:
+        """The metric results with this verdict, in judging order."""
+        return [r for r in self.results if r.verdict == verdict]
+
+    @property
+    def regressions(self) -> list[MetricResult]:
+        return sorted(self.of("regression"), key=lambda r: -worse_by(r))
+
+    @property
+    def improvements(self) -> list[MetricResult]:
+        return sorted(self.of("improvement"), key=worse_by)
+
+    @property
+    def status_regressions(self) -> list[StatusChange]:
+        return [s for s in self.status_changes if s.verdict == "regression"]
+
+    @property
+    def status_improvements(self) -> list[StatusChange]:
+        return [s for s in self.status_changes if s.verdict == "improvement"]
+
+    def counts(self) -> dict[str, int]:
+        """Verdict counts, not-judged reasons and matching counts (the JSON summary)."""
+        not_judged = self.of("not judged")
+        reasons: dict[str, int] = defaultdict(int)
+        for r in not_judged:
+            reasons[r.reason or "?"] += 1
+        return {
+            "regressions": len(self.of("regression")) + len(self.status_regressions),
+            "improvements": len(self.of("improvement")) + len(self.status_improvements),
+            "unchanged": len(self.of("no change")),
+            "not_judged": len(not_judged),
+            **{f"not_judged.{k}": v for k, v in sorted(reasons.items())},
+            "cells_matched": self.cells_matched,
+            "cells_only_in_base": len(self.base_only),
+            "cells_only_in_new": len(self.new_only),
+            "tests": self.tests,
+        }
+
+    @property
+    def exit_code(self) -> int:
+        """1 when any metric or status regressed, else 0."""
+        return EXIT_REGRESSION if self.of("regression") or self.status_regressions else EXIT_OK
+
+
+def worse_by(r: MetricResult) -> float:
+    """How much worse NEW is, as a fraction (negative: better)."""
+    if r.change is None:
+        return 0.0
+    return r.change if r.better == "lower" else -r.change

@@ -1,0 +1,281 @@
+"""The report's tables, independent of the output format: one per workload, then skipped and failed cells.
+
+Every number comes from a record and a missing one shows as "–". Tables are built column by column: a
+10,000-cell run makes per-cell objects and repeated lookups costly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.analysis.values import (
+    MISSING,
+    fmt_bytes,
+    fmt_plain,
+    fmt_rate,
+    fmt_rate_bare,
+    fmt_seconds,
+    is_missing,
+    knob_text,
+    number,
+)
+from bench.schema import (
+    FAILED_STATUSES,
+    KNOBS,
+    NON_FINAL_STATUSES,
+    PEAK_SOURCES,
+    QUALITY_BEST,
+    STATUSES,
+    WORKLOADS,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "FAILED",
+    "Column",
+    "Table",
+    "View",
+    "all_tables",
+    "best_flags",
+    "knob_texts",
+    "peak_source",
+    "status_table",
+    "summary_facts",
+    "title",
+    "workload_table",
+]
+
+# The "failed" table: cells that started and gave no numbers, and cells a Ctrl-C left unfinished.
+FAILED = tuple(s for s in STATUSES if s in FAILED_STATUSES | NON_FINAL_STATUSES)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One table column: its texts, which rows hold its best value, and whether it is a number."""
+
+    header: str
+    texts: list[str]
+    best: list[bool] | None = None
+    numeric: bool = False
+
+
+@dataclass
+class Table:
+    """One titled table; the first note explains its columns, the rest name cells it leaves out."""
+
+    title: str
+    columns: list[Column]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def header(self) -> list[str]:
+        return [c.header for c in self.columns]
+
+    def rows(self) -> list[list[str]]:
+        """Plain cell texts, row by row (for tests and summaries)."""
+        return [list(row) for row in zip(*(c.texts for c in self.columns), strict=True)]
+
+
+@dataclass
+class View:
+    """What every table and plot of one render needs, worked out once."""
+
+    frame: pd.DataFrame
+    ok: pd.DataFrame
+    varying: list[str]  # knobs with more than one value in this run: the only ones worth a column
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame) -> View:
+        varying = [k for k in KNOBS if k in frame.columns and frame[k].nunique(dropna=False) > 1]
+        return cls(frame, frame[frame["status"] == "ok"], varying)
+
+    @property
+    def identity(self) -> list[str]:
+        """The columns that tell rows apart: the varying knobs, or the model when nothing varies."""
+        return self.varying or ["model"]
+
+
+def knob_texts(frame: pd.DataFrame, knob: str) -> list[str]:
+    """knob_text of a whole column, each distinct value formatted once."""
+    cache: dict[Any, str] = {}
+    out = []
+    for value in _values(frame, knob):
+        try:
+            text = cache.get(value)
+            if text is None:
+                text = cache[value] = knob_text(knob, value)
+        except TypeError:  # an unhashable value: format it every time
+            text = knob_text(knob, value)
+        out.append(text)
+    return out
+
+
+def _values(frame: pd.DataFrame, name: str | None) -> list[Any]:
+    return frame[name].tolist() if name in frame.columns else [None] * len(frame)
+
+
+def best_flags(values: list[Any], rule: str) -> list[bool] | None:
+    """Which rows hold the best value; None when fewer than two rows have one (nothing to compare)."""
+    nums = [number(v) for v in values]
+    present = [n for n in nums if n is not None]
+    if len(present) < 2:
+        return None
+    if rule == "absmin":
+        target = min(abs(n) for n in present)
+        return [n is not None and abs(n) == target for n in nums]
+    target = min(present) if rule == "min" else max(present)
+    return [n == target for n in nums]
+
+
+def _measured(
+    header: str, frame: pd.DataFrame, name: str | None, fmt: Callable[[Any], str], rule: str
+) -> Column:
+    values = _values(frame, name)
+    return Column(header, [fmt(v) for v in values], best_flags(values, rule), numeric=True)
+
+
+def peak_source(frame: pd.DataFrame, workload: str) -> tuple[str | None, str]:
+    """The memory column a table shows for a workload: the first source of schema's "report" rule it recorded."""
+    for suffix, name in PEAK_SOURCES["report"]:
+        column = f"mem.{workload}.{suffix}"
+        if column in frame.columns and frame[column].notna().any():
+            return column, name
+    return None, "no source"
+
+
+def _rate_column(frame: pd.DataFrame, workload: str) -> Column:
+    """Median tok/s with its p10–p90 spread, all three straight from the record."""
+    rate = f"{workload}.tokens_per_s"
+    medians = _values(frame, rate)
+    texts = []
+    for median, p10, p90 in zip(
+        medians, _values(frame, f"{rate}.p10"), _values(frame, f"{rate}.p90"), strict=True
+    ):
+        low, high = fmt_rate_bare(p10), fmt_rate_bare(p90)
+        spread = "" if MISSING in (low, high) else f" ({low}–{high})"
+        texts.append(fmt_rate(median) + spread)
+    return Column("tok/s (p10–p90)", texts, best_flags(medians, "max"), numeric=True)
+
+
+def _status_column(frame: pd.DataFrame, workload: str) -> Column:
+    """Every row is ok; a timing the runner flagged as noisy says so."""
+    flags = _values(frame, f"{workload}.tokens_per_s.noisy")
+    return Column("status", ["ok (noisy)" if not is_missing(f) and bool(f) else "ok" for f in flags])
+
+
+def _planned(frame: pd.DataFrame, workload: str) -> pd.Series:
+    """Cells that were asked to run the workload; a record without `workloads` counts as asked."""
+    if "workloads" not in frame.columns:
+        return frame["status"].notna() | frame["status"].isna()
+    return frame["workloads"].map(lambda w: is_missing(w) or workload in str(w).split(","))
+
+
+def workload_table(view: View, workload: str) -> Table | None:
+    """One comparison table: ok cells that measured this workload, best values marked."""
+    rate = f"{workload}.tokens_per_s"
+    ok = view.ok
+    has_rate = ok[rate].notna() if rate in ok.columns else ok["status"].isna()
+    measured, unmeasured = ok[has_rate], ok[~has_rate & _planned(ok, workload)]
+    if measured.empty and unmeasured.empty:
+        return None
+    mem_column, mem_name = peak_source(measured, workload)
+    columns = [Column(k, knob_texts(measured, k)) for k in view.identity]
+    columns += [
+        _measured("load", measured, "load.model_s", fmt_seconds, "min"),
+        _measured(f"peak memory ({mem_name})", measured, mem_column, fmt_bytes, "min"),
+        _rate_column(measured, workload),
+    ]
+    quality = [q for q in QUALITY_BEST if q in measured.columns and measured[q].notna().any()]
+    columns += [_measured(q, measured, q, fmt_plain, QUALITY_BEST[q]) for q in quality]
+    columns.append(_status_column(measured, workload))
+    return Table(workload, columns, _workload_notes(view, measured, unmeasured, workload, mem_column))
+
+
+def _workload_notes(
+    view: View, measured: pd.DataFrame, unmeasured: pd.DataFrame, workload: str, mem_column: str | None
+) -> list[str]:
+    """The first note explains the columns; the rest name ok cells without this workload and why."""
+    source = f"peak memory is {mem_column}" if mem_column else "no cell recorded its peak memory"
+    notes = [
+        f"{len(measured)} ok cell(s); {source}; load is load.model_s; bold marks the best value in its column."
+    ]
+    reasons = [
+        c for c in (f"{workload}.skipped_reason", f"{workload}.tokens_per_s.reason") if c in unmeasured
+    ]
+    texts = {k: knob_texts(unmeasured, k) for k in view.identity}
+    for index, row in enumerate(unmeasured[reasons].to_dict("records")):
+        who = ", ".join(f"{k}={texts[k][index]}" for k in view.identity)
+        why = next((row[r] for r in reasons if not is_missing(row[r])), "no reason recorded")
+        notes.append(f"{who}: {workload} not measured ({why}).")
+    return notes
+
+
+def status_table(view: View, title: str, statuses: Sequence[str]) -> Table | None:
+    """Cells that did not run or did not finish, each with its reason."""
+    rows = view.frame[view.frame["status"].isin(statuses)]
+    if rows.empty:
+        return None
+    columns = [Column(k, knob_texts(rows, k)) for k in view.identity]
+    columns.append(Column("status", [str(s) for s in _values(rows, "status")]))
+    columns.append(Column("reason", [_reason(r) for r in _values(rows, "reason")]))
+    return Table(title, columns)
+
+
+def _reason(value: Any) -> str:
+    return "no reason recorded" if is_missing(value) else " ".join(str(value).split())
+
+
+def all_tables(view: View) -> tuple[list[Table], list[Table]]:
+    """(workload tables, skipped/failed tables) of a run."""
+    workloads = [t for t in (workload_table(view, w) for w in WORKLOADS) if t is not None]
+    statuses = [
+        t
+        for t in (status_table(view, "skipped", ("skipped",)), status_table(view, "failed", FAILED))
+        if t is not None
+    ]
+    return workloads, statuses
+
+
+# --- the summary at the top -----------------------------------------------------------------------------
+
+
+def summary_facts(view: View, meta: dict[str, Any], run_dir: Path) -> list[tuple[str, str]]:
+    """(label, text) pairs: what ran where, with which versions; all from run.json and the records."""
+    frame = view.frame
+    env = meta.get("environment") or {}
+    counts = frame["status"].value_counts()
+    status_text = " · ".join(f"{status} {count}" for status, count in counts.items())
+    gpus = [str(g.get("name", "?")) for g in env.get("gpus_detail") or [] if isinstance(g, dict)]
+    versions = " · ".join(
+        f"{name} {env[key]}"
+        for name, key in (
+            ("torch", "torch_version"),
+            ("transformers", "transformers_version"),
+            ("bitsandbytes", "bitsandbytes_version"),
+            ("loadbench", "loadbench_version"),
+        )
+        if env.get(key)
+    )
+    fixed = [k for k in KNOBS if k not in view.varying and len(frame) and not is_missing(frame[k].iloc[0])]
+    return [
+        ("run", run_dir.name or str(run_dir)),
+        ("created", str(meta.get("created_at") or MISSING)),
+        ("cells", f"{len(frame)}: {status_text}" if len(frame) else "0"),
+        ("CPU", str(env.get("cpu_model") or MISSING)),
+        ("GPU", ", ".join(gpus) or "none"),
+        ("versions", versions or MISSING),
+        ("commit", str(env.get("git_commit") or MISSING)),
+        ("same in every cell", " · ".join(f"{k}={knob_text(k, frame[k].iloc[0])}" for k in fixed) or MISSING),
+    ]
+
+
+def title(meta: dict[str, Any]) -> str:
+    """The page title: the spec's name."""
+    spec = meta.get("spec")
+    name = spec.get("name") if isinstance(spec, dict) else None
+    return f"loadbench report: {name or 'run'}"
