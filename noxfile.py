@@ -1,10 +1,10 @@
-"""Developer sessions: tests, lint, typecheck, perf (pytest-benchmark), gpu (CUDA hosts only)."""
+"""Developer sessions: tests (fast), slow, lint, typecheck (mypy), perf (pytest-benchmark), gpu (CUDA only)."""
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
 # torch==2.13.0 first: a bare torch requirement would pull a multi-GB CUDA build on CPU machines.
@@ -18,13 +18,23 @@ def _install(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The unit and integration tests (CPU, offline)."""
+    """The fast unit and integration tests (CPU, offline): pyproject deselects `slow` and `perf`."""
     _install(session)
     session.run("pytest", "-q", *session.posargs)
 
 
 @nox.session
+def slow(session: nox.Session) -> None:
+    """The `slow` tests: Ray, real-shape checkpoints, flex_attention, CLI subprocess runs (CI's second step)."""
+    _install(session)
+    session.install("-e", ".[dev,ray]")
+    # Exit 5 is "no tests collected" (e.g. a -k that matches none): nothing failed.
+    session.run("pytest", "-q", "-m", "slow", *session.posargs, success_codes=[0, 5])
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
+    """ruff: the lint rules and the format."""
     session.install("ruff")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
@@ -32,6 +42,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
+    """mypy over the packages pyproject's [tool.mypy] names (loader, bench)."""
     _install(session)
     session.run("mypy")
 

@@ -15,8 +15,11 @@ from typing import Any
 
 import pytest
 
-# Timed metrics in seconds, the unit pytest-benchmark stores.
-METRICS = ("prefill.latency_s", "train.step_s", "decode.ttft_s", "decode.tpot_s")
+from bench.schema import FINAL_STATUSES
+from bench.schema import METRICS as REGISTRY
+
+# The sampled timed metrics in seconds (the unit pytest-benchmark stores), in registry order.
+METRICS = tuple(m.name for m in REGISTRY.values() if m.sampled and m.unit == "s")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -72,7 +75,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def loadbench_records(request: pytest.FixtureRequest) -> dict[str, dict[str, Any]]:
     """Run the matrix once (resuming an existing run directory) and return the final records by cell_id."""
     from bench.run.session import RunRequest, run_matrix
-    from bench.run.store import FINAL_STATUSES, RunStore
+    from bench.run.store import RunStore
 
     spec = _spec(request.config)
     out = Path(request.config.getoption("--loadbench-out"))

