@@ -9,6 +9,10 @@ import os
 import tempfile
 from pathlib import Path
 
+# mkstemp creates 0600 files; a report or record file should get the mode any other file would.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 __all__ = ["atomic_write_bytes", "atomic_write_text", "fsync_dir", "write_all"]
 
 
@@ -41,6 +45,7 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~_UMASK)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

@@ -118,17 +118,31 @@ _FIXED: tuple[Metric, ...] = (
     _m("quality.ppl_delta", "ratio", None, "quality"),
 )
 # Measured memory sources per phase; estimates are predictions, not measurements, and are not judged.
-MEMORY_SOURCES = ("rss_bytes", "torch_allocated_bytes", "torch_reserved_bytes", "nvml_process_bytes", "nvml_device_bytes")
+MEMORY_SOURCES = (
+    "rss_bytes",
+    "torch_allocated_bytes",
+    "torch_reserved_bytes",
+    "nvml_process_bytes",
+    "nvml_device_bytes",
+)
 _PER_PHASE = tuple(_m(f"mem.{p}.{s}", "bytes", "lower", "memory") for p in PHASES for s in MEMORY_SOURCES)
 _ENERGY = tuple(
     m
     for w in WORKLOADS
-    for m in (_m(f"energy.{w}.j_per_token", "J/token", "lower", "energy"), _m(f"energy.{w}.joules", "J", None, "energy"))
+    for m in (
+        _m(f"energy.{w}.j_per_token", "J/token", "lower", "energy"),
+        _m(f"energy.{w}.joules", "J", None, "energy"),
+    )
 )
 METRICS: dict[str, Metric] = {m.name: m for m in (*_FIXED, *_PER_PHASE, *_ENERGY)}
 
 # Quality closest to the reference wins: "min", "max", or "absmin" (closest to zero).
-QUALITY_BEST = {"quality.kl": "min", "quality.top1_agree": "max", "quality.ppl": "min", "quality.ppl_delta": "absmin"}
+QUALITY_BEST = {
+    "quality.kl": "min",
+    "quality.top1_agree": "max",
+    "quality.ppl": "min",
+    "quality.ppl_delta": "absmin",
+}
 
 # The peak-memory rule, by name: the first source a cell recorded is the one its peak comes from.
 # "report": the figure a table shows (the allocator's own view on a GPU, else RSS);
@@ -162,5 +176,5 @@ def sampled_metrics() -> tuple[str, ...]:
 
 
 def cell_label(dtype: str, quant: str, attn: str, grad_ckpt: bool, use_cache: str) -> str:
-    """Human name of a cell: dtype/quant/attn/ckpt-or-not/cache-value."""
-    return f"{dtype}/{quant}/{attn}/{'ckpt' if grad_ckpt else 'no-ckpt'}/{use_cache}"
+    """Human name of a cell: dtype/quant/attn/ckpt-or-not/cache-value, as records and reports show it."""
+    return f"{dtype}/{quant}/{attn}/{'ckpt' if grad_ckpt else 'no-ckpt'}/cache-{use_cache}"

@@ -339,7 +339,7 @@ if args["trim"]:
 cell = Cell.from_dict(args["cell"])
 gc.collect()
 base = probes._status_kib("VmRSS") * 1024
-out = worker.run_cell(cell, Path(args["ckpt"]), probes.Budget(min_n=5, max_n=5, seconds=0), lambda **m: None)
+out = worker.run_cell(cell, Path(args["ckpt"]), probes.Budget(min_n=5, max_n=5, seconds=0), lambda event: None)
 print(json.dumps({"base": base, **{k: v for k, v in out.items() if k.startswith("mem.") and k.endswith("rss_bytes")}}))
 """
 

@@ -72,11 +72,6 @@ def test_every_status_is_in_the_status_row() -> None:
     )
 
 
-def test_the_readers_missing_status_is_documented() -> None:
-    text = DOC.read_text(encoding="utf-8")
-    assert f"`{MISSING_STATUS}`" in text, "docs/schema.md does not say what a `missing` cell is"
-
-
 def test_every_knob_column_is_documented() -> None:
     rows = _rows()
     assert not [k for k in KNOBS if k not in rows], "knob columns with no row in docs/schema.md"

@@ -10,58 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bench.errors import SpecError
+from bench.commands.plan import add_spec_args, load_spec
 from bench.units import parse_size
-
-SPEC_OVERRIDES = (
-    "model",
-    "dtype",
-    "quant",
-    "attn",
-    "grad_ckpt",
-    "use_cache",
-    "workloads",
-    "batch",
-    "seq",
-    "new_tokens",
-    "threads",
-)
-
-
-def add_spec_args(p: argparse.ArgumentParser) -> None:
-    """The matrix arguments `run` and `plan` share: a spec source and per-axis overrides."""
-    p.add_argument("spec", nargs="?", help="matrix spec YAML (default: the 'default' preset)")
-    p.add_argument("--preset", help="a matrix preset from bench/presets (default, gpu)")
-    p.add_argument("--recipe", help="an open-r1 / TRL recipe YAML: one cell with its knobs and shape")
-    p.add_argument("--model", help="architecture preset name or local checkpoint directory")
-    p.add_argument("--dtype", help="comma list: auto,bfloat16,float16,float32")
-    p.add_argument("--quant", help="comma list: none,nf4,fp4,nf4-dq,fp4-dq,8bit")
-    p.add_argument("--attn", help="comma list: eager,sdpa,flash_attention_2,flash_attention_3,flex_attention")
-    p.add_argument("--grad-ckpt", dest="grad_ckpt", help="comma list: off,on")
-    p.add_argument(
-        "--cache", dest="use_cache", help="comma list: auto,on,off (auto: off under checkpointing)"
-    )
-    p.add_argument("--workloads", help="comma list: prefill,train,decode")
-    p.add_argument("--batch", type=int)
-    p.add_argument("--seq", type=int)
-    p.add_argument("--new-tokens", dest="new_tokens", type=int)
-    p.add_argument("--threads", type=int, help="CPU threads per cell (default 1: stable timings)")
-
-
-def load_spec(args: argparse.Namespace) -> Any:
-    """The MatrixSpec the arguments name: one source (SPEC, --recipe or --preset), then the overrides."""
-    from bench.plan.matrix import MatrixSpec, load_preset
-
-    sources = [s for s in (args.spec, args.recipe, args.preset) if s]
-    if len(sources) > 1:
-        raise SpecError("give one of SPEC, --recipe or --preset, not several.")
-    if args.recipe:
-        spec = MatrixSpec.from_recipe(args.recipe)
-    elif args.spec:
-        spec = MatrixSpec.from_yaml(args.spec)
-    else:
-        spec = load_preset(args.preset or "default")
-    return spec.with_overrides(**{k: getattr(args, k) for k in SPEC_OVERRIDES})
 
 
 def register(sub: Any) -> None:

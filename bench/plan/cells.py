@@ -55,8 +55,7 @@ class Cell:
     @property
     def label(self) -> str:
         """The record's human name, e.g. "bfloat16/nf4/sdpa/no-ckpt/cache-auto"."""
-        # schema.cell_label writes its last part as given; records have always said "cache-<value>"
-        return cell_label(self.dtype, self.quant, self.attn, self.grad_ckpt, f"cache-{self.use_cache}")
+        return cell_label(self.dtype, self.quant, self.attn, self.grad_ckpt, self.use_cache)
 
     def knobs(self) -> dict[str, Any]:
         """The cell's knobs and shape as flat record columns: schema.KNOBS plus checkpoint and workloads.

@@ -27,7 +27,7 @@ from bench.analysis.compare.runs import RunData, env_differences, state_notes
 from bench.analysis.compare.stats import bh_adjust, mann_whitney_u, min_p
 from bench.errors import CompareError
 from bench.measure.probes import NOISY_REL_IQR
-from bench.schema import FAILED_STATUSES, METRICS, is_memory
+from bench.schema import FAILED_STATUSES, METRICS, cell_label, is_memory
 
 __all__ = ["MEM_ABS_FLOOR_BYTES", "MIN_N", "compare", "compare_runs", "gc_paused"]
 
@@ -102,8 +102,13 @@ def _label(base: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     label = new.get("label") or base.get("label")
     if label:
         return str(label)
-    ckpt = "ckpt" if new.get("grad_ckpt") else "no-ckpt"
-    return f"{new.get('dtype')}/{new.get('quant')}/{new.get('attn')}/{ckpt}/cache-{new.get('use_cache')}"
+    return cell_label(
+        str(new.get("dtype")),
+        str(new.get("quant")),
+        str(new.get("attn")),
+        bool(new.get("grad_ckpt")),
+        str(new.get("use_cache")),
+    )
 
 
 def _status_change(label: str, b: Mapping[str, Any], n: Mapping[str, Any]) -> StatusChange | None:
