@@ -210,7 +210,7 @@ def test_real_probe(real_caps: tuple[cap.Capabilities, float]) -> None:
     assert caps.torch_version and caps.torch_version.split("+")[0] == _installed("torch").split("+")[0]
     if not caps.nvml:
         assert caps.nvml_error and caps.gpus_detail == () and not caps.host.cuda
-    assert seconds < 10, f"probe() took {seconds:.1f} s"
+    assert seconds > 0  # how long it takes is a benchmark: tests/perf (test_capability_probe)
 
 
 def test_real_probe_does_not_initialise_cuda(real_caps: tuple[cap.Capabilities, float]) -> None:

@@ -123,6 +123,15 @@ def test_estimate_whole_gpu_preset(benchmark, tmp_path) -> None:
     assert benchmark.stats.stats.max < 1.0
 
 
+def test_capability_probe(benchmark) -> None:
+    """`loadbench env` / plan's host probe (NVML, bitsandbytes in a child process): target under 10 s."""
+    from bench.plan import capabilities as cap
+
+    caps = benchmark.pedantic(cap.probe, rounds=3, iterations=1)
+    assert caps.cpu_cores_logical >= 1
+    assert benchmark.stats.stats.median < 10
+
+
 def test_isolation_overhead_vs_cold_interpreter(benchmark) -> None:
     ctx, _, mode = start_template()
     assert mode == "forkserver"
