@@ -77,12 +77,12 @@ def start(args: list[str], faults: dict[str, str] | None = None) -> subprocess.P
     )
 
 
-def finish(proc: subprocess.Popen[str], timeout: float = 180) -> tuple[int, str]:
+def finish(proc: subprocess.Popen[str], timeout: float = 900) -> tuple[int, str]:
     out, _ = proc.communicate(timeout=timeout)
     return proc.returncode, out
 
 
-def run(args: list[str], faults: dict[str, str] | None = None, timeout: float = 180) -> tuple[int, str, int]:
+def run(args: list[str], faults: dict[str, str] | None = None, timeout: float = 900) -> tuple[int, str, int]:
     """(exit code, output, process group) of one runner, waited for."""
     proc = start(args, faults)
     code, out = finish(proc, timeout)

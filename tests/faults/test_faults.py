@@ -79,7 +79,7 @@ def test_a_stale_claim_is_taken_over_and_noted_in_the_cell_log(
     assert code == 0, text[-2000:]
     cell = _forget(out)
     _plant_claim(out, cell, claim)
-    code, text, pgid = run(run_args(model, out, "--dtype", "float32", "--resume"), timeout=120)
+    code, text, pgid = run(run_args(model, out, "--dtype", "float32", "--resume"))
     assert code == 0, text[-2000:]
     assert_each_planned_cell_final_once(out)
     assert "took over a stale claim" in (out / "logs" / f"{cell}.log").read_text()
