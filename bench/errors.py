@@ -10,6 +10,7 @@ from loader.errors import LoadConfigError
 
 __all__ = [
     "EXIT_BAD_INPUT",
+    "EXIT_INCOMPLETE",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_REGRESSION",
@@ -25,6 +26,7 @@ __all__ = [
 EXIT_OK = 0
 EXIT_REGRESSION = 1  # compare found a significant regression
 EXIT_BAD_INPUT = 2  # the input cannot be used as asked (one sentence on stderr)
+EXIT_INCOMPLETE = 3  # `run` ended with planned cells that have no final record (`missing`; --resume runs them)
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 

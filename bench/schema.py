@@ -24,6 +24,7 @@ __all__ = [
     "PEAK_SOURCES",
     "PHASES",
     "SCHEMA_VERSION",
+    "SPEC_HASH",
     "STATUSES",
     "WORKLOADS",
     "Metric",
@@ -46,6 +47,9 @@ ALL_STATUSES = FINAL_STATUSES | NON_FINAL_STATUSES
 FAILED_STATUSES = frozenset({"unsupported", "oom", "timeout", "crashed", "error", "invalid"})
 # Readers' name for a planned cell with no final record; never written by a runner.
 MISSING_STATUS = "missing"
+# The column every record carries: the spec hash of the run that wrote it (run.json's `spec_hash`).
+# Readers drop a record whose spec_hash is not its run's.
+SPEC_HASH = "spec_hash"
 # Display order (reports, summaries).
 STATUSES = ("ok", "skipped", "unsupported", "oom", "timeout", "crashed", "error", "invalid", "interrupted")
 

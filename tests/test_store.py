@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench import errors, schema
+from bench.run import claims
 from bench.run.store import (
     ALL_STATUSES,
     FINAL_STATUSES,
@@ -36,7 +38,10 @@ def _meta(spec_hash: str = "a" * 16, **env: Any) -> dict[str, Any]:
     return {
         "spec_hash": spec_hash,
         "spec": {"model": "tiny-llama", "dtype": ["bfloat16"]},
-        "plan": [{"cell_id": "ab" * 8, "action": "run"}],
+        "plan": [
+            {"cell_id": "ab" * 8, "action": "run"},
+            *({"cell_id": _cid(i), "action": "run"} for i in range(8)),
+        ],
         "environment": {"host": "h1", "torch": "2.9.0", **env},
         "schema_version": SCHEMA_VERSION,
     }
@@ -85,9 +90,32 @@ def test_create_on_an_existing_run_without_resume_refuses(store: RunStore) -> No
         RunStore.create(store.directory, _meta())
 
 
-def test_create_over_a_run_that_produced_no_record_starts_afresh(store: RunStore) -> None:
-    again = RunStore.create(store.directory, _meta("b" * 16))
-    assert again.meta["spec_hash"] == "b" * 16
+def test_a_runner_of_another_spec_is_refused_even_before_any_record(store: RunStore) -> None:
+    """Issue 12, fault 2: a second runner a second later used to rewrite run.json and mix two specs."""
+    with pytest.raises(
+        StoreError, match=r"holds a run of spec_hash 'a{16}' but this spec has spec_hash 'b{16}'"
+    ):
+        RunStore.create(store.directory, _meta("b" * 16))
+    assert json.loads(store.run_path.read_text())["spec_hash"] == "a" * 16
+
+
+def test_a_runner_of_the_same_spec_joins_the_run_without_rewriting_it(store: RunStore) -> None:
+    joined = RunStore.create(store.directory, _meta(host="h2"))
+    assert joined.meta["environment"]["host"] == "h1"
+    assert [env["host"] for env in environments(joined.meta)] == ["h1", "h2"]
+
+
+def test_out_holding_someone_elses_files_is_refused(tmp_path: Path) -> None:
+    """Issue 12, fault 3: --out on a directory of the user's own files."""
+    (tmp_path / "report.md").write_text("my notes")
+    with pytest.raises(StoreError, match="holds files that are not a loadbench run; choose another --out"):
+        RunStore.create(tmp_path, _meta())
+    assert (tmp_path / "report.md").read_text() == "my notes" and not (tmp_path / "run.json").exists()
+
+
+def test_every_record_carries_the_spec_hash(store: RunStore) -> None:
+    store.append({"cell_id": _cid(1), "status": "ok"})
+    assert json.loads(store.records_path.read_text())["spec_hash"] == "a" * 16
 
 
 def test_resume_with_same_spec_keeps_records(store: RunStore) -> None:
@@ -104,7 +132,7 @@ def test_resume_with_same_spec_keeps_records(store: RunStore) -> None:
 
 def test_resume_with_another_spec_names_both_hashes(store: RunStore) -> None:
     store.append({"cell_id": _cid(1), "status": "ok"})
-    with pytest.raises(StoreError, match=r"cannot resume .*'a{16}'.*'b{16}'"):
+    with pytest.raises(StoreError, match=r"holds a run of .*'a{16}'.*'b{16}'"):
         RunStore.create(store.directory, _meta("b" * 16), resume=True)
     assert json.loads(store.run_path.read_text())["spec_hash"] == "a" * 16
 
@@ -148,7 +176,7 @@ def test_append_read_round_trip(store: RunStore) -> None:
     }
     assert store.append(record) is True
     [back] = store.records()
-    assert back == {**record, "schema_version": SCHEMA_VERSION, "env_index": 0}
+    assert back == {**record, "schema_version": SCHEMA_VERSION, "spec_hash": "a" * 16, "env_index": 0}
 
 
 def test_each_append_is_one_line(store: RunStore) -> None:
@@ -207,12 +235,44 @@ def test_torn_lines_in_the_middle_are_skipped_and_counted(store: RunStore) -> No
 # --- claims ----------------------------------------------------------------------------------------------
 
 
+def _claim_file(store: RunStore, i: int) -> dict[str, Any]:
+    return json.loads((store.claims_dir / _cid(i)).read_text())
+
+
+def _write_claim(store: RunStore, i: int, **fields: Any) -> None:
+    base = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "boot_id": claims.boot_id(),
+        "heartbeat": time.time(),
+        "lease_s": 60.0,
+    }
+    store.claims_dir.mkdir(exist_ok=True)
+    (store.claims_dir / _cid(i)).write_text(json.dumps({**base, **fields}))
+
+
 def test_claim_and_release(store: RunStore) -> None:
     assert store.claim(_cid(1)) is True
     assert store.claim(_cid(1)) is True  # our own claim again
-    assert (store.claims_dir / _cid(1)).read_text().split() == [socket.gethostname(), str(os.getpid())]
+    held = _claim_file(store, 1)
+    assert (held["host"], held["pid"], held["boot_id"]) == (
+        socket.gethostname(),
+        os.getpid(),
+        claims.boot_id(),
+    )
+    assert abs(held["heartbeat"] - time.time()) < 60 and held["lease_s"] > 0
     store.release(_cid(1))
     assert not (store.claims_dir / _cid(1)).exists()
+
+
+def test_refresh_renews_the_heartbeat_of_our_own_claims_only(store: RunStore) -> None:
+    store.claim(_cid(1), lease_s=50.0)
+    _write_claim(store, 2, host="elsewhere", heartbeat=time.time() - 10)
+    before = (_claim_file(store, 1)["heartbeat"], _claim_file(store, 2)["heartbeat"])
+    time.sleep(0.01)
+    store.refresh([_cid(1), _cid(2)], lease_s=50.0)
+    assert _claim_file(store, 1)["heartbeat"] > before[0]
+    assert _claim_file(store, 2)["heartbeat"] == before[1]
 
 
 def test_a_finished_cell_cannot_be_claimed(store: RunStore) -> None:
@@ -223,9 +283,9 @@ def test_a_finished_cell_cannot_be_claimed(store: RunStore) -> None:
 def test_a_live_process_claim_blocks(store: RunStore) -> None:
     sleeper = subprocess.Popen(["sleep", "5"])
     try:
-        store.claims_dir.mkdir()
-        (store.claims_dir / _cid(1)).write_text(f"{socket.gethostname()} {sleeper.pid}\n")
-        assert store.claim(_cid(1)) is False
+        _write_claim(store, 1, pid=sleeper.pid)
+        _write_claim(store, 2, host="another-host", pid=7)  # fresh heartbeat: respected whatever its host
+        assert store.claim(_cid(1)) is False and store.claim(_cid(2)) is False
         store.release(_cid(1))  # not ours: left alone
         assert (store.claims_dir / _cid(1)).exists()
     finally:
@@ -233,15 +293,24 @@ def test_a_live_process_claim_blocks(store: RunStore) -> None:
         sleeper.wait()
 
 
-def test_a_dead_process_claim_is_taken_over(store: RunStore) -> None:
+def test_stale_claims_are_taken_over_with_a_note_in_the_cell_log(store: RunStore) -> None:
+    """Issue 12, fault 1: a dead runner's claim on another host, or naming a live pid, held a cell forever."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # reaped: its pid no longer exists
-    store.claims_dir.mkdir()
-    (store.claims_dir / _cid(1)).write_text(f"{socket.gethostname()} {dead.pid}\n")
+    _write_claim(store, 1, pid=dead.pid)
     (store.claims_dir / _cid(2)).write_text("torn")
-    assert store.claim(_cid(1)) is True
-    assert store.claim(_cid(2)) is True
-    assert (store.claims_dir / _cid(1)).read_text().split()[1] == str(os.getpid())
+    (store.claims_dir / _cid(3)).write_text("other-host 7\n")  # the issue's reproduction (old format)
+    _write_claim(store, 4, host="other-host", heartbeat=time.time() - 61)  # lease of 60 s expired
+    _write_claim(store, 5, pid=1, boot_id="another-boot")  # a live pid, but of an earlier boot
+    _write_claim(store, 6, pid=1, heartbeat=time.time() - 3600)  # a live pid that stopped beating
+    for i in range(1, 7):
+        assert store.claim(_cid(i)) is True, i
+        assert _claim_file(store, i)["pid"] == os.getpid()
+    notes = {i: (store.directory / "logs" / f"{_cid(i)}.log").read_text() for i in range(1, 7)}
+    assert f"process {dead.pid} on this host is gone" in notes[1]
+    assert "not a complete claim" in notes[2] and "not a complete claim" in notes[3]
+    assert "over its 60 s lease" in notes[4] and "over its 60 s lease" in notes[6]
+    assert "before this host rebooted" in notes[5]
 
 
 # --- two processes on one directory ----------------------------------------------------------------------
@@ -363,8 +432,8 @@ def test_the_store_re_exports_the_schema_vocabulary_and_the_bench_error() -> Non
     assert StoreError is errors.StoreError and issubclass(StoreError, ValueError)
 
 
-def test_progress_summary_counts_interrupted_as_failed() -> None:
-    """The summary line's numbers as they have always been: `interrupted` is counted as failed."""
+def test_progress_summary_counts_interrupted_as_interrupted() -> None:
+    """Issue 12, item 7: `interrupted` is not a failure (--resume runs it), so it has its own count."""
     from bench.run.progress import PlainProgress
 
     stream = io.StringIO()
@@ -372,4 +441,39 @@ def test_progress_summary_counts_interrupted_as_failed() -> None:
     for status in ("ok", "ok", "skipped", "oom", "interrupted"):
         progress.counter[status] += 1
     progress.stop()
-    assert stream.getvalue() == "loadbench: ok 2 · skipped 1 · failed 2\n"
+    assert stream.getvalue() == "loadbench: ok 2 · skipped 1 · failed 1 · interrupted 1\n"
+
+
+# --- readers: only the run's own records (issue 12, fault 4) ----------------------------------------------
+
+
+def test_readers_drop_records_of_another_spec_or_not_in_the_plan_and_report_duplicates(
+    store: RunStore,
+) -> None:
+    from bench.analysis.frame import Run
+
+    store.append({"cell_id": _cid(1), "status": "ok", "n": 1})
+    with store.records_path.open("a") as handle:  # what a second spec or a hand edit could leave behind
+        handle.write(json.dumps({"cell_id": _cid(2), "status": "ok", "spec_hash": "b" * 16}) + "\n")
+        handle.write(json.dumps({"cell_id": "ff" * 8, "status": "ok", "spec_hash": "a" * 16}) + "\n")
+        handle.write(json.dumps({"cell_id": _cid(1), "status": "oom", "spec_hash": "a" * 16}) + "\n")
+    with pytest.warns(StoreWarning) as caught:
+        run = Run.open(store.directory)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "ignored 1 record(s) of another spec" in messages
+    assert "ignored 1 record(s) of cells that are not in run.json's plan" in messages
+    assert "1 cell(s) have more than one final record" in messages
+    rows = {row["cell_id"]: row for row in run.latest()}
+    assert rows[_cid(1)]["status"] == "ok"  # the first final record, as resume and merge keep it
+    assert "ff" * 8 not in rows
+    assert rows[_cid(2)]["status"] == schema.MISSING_STATUS  # planned, and its only record was another spec's
+    assert {r["status"] for cid, r in rows.items() if cid != _cid(1)} == {schema.MISSING_STATUS}
+
+
+def test_merge_of_one_directory_twice_is_refused(tmp_path: Path) -> None:
+    _shard_run(tmp_path / "s1", [1])
+    with pytest.raises(
+        StoreError, match=r"merge was given .*s1 more than once; name each shard directory once"
+    ):
+        merge([tmp_path / "s1", tmp_path / "s1"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.analysis.values import is_missing
 from bench.errors import ReportError
+from bench.run.ownership import own_records
 from bench.run.store import RunStore, environments
 from bench.schema import FINAL_STATUSES, KNOBS, SCHEMA_VERSION
 
@@ -42,17 +43,25 @@ IDENTITY = ("cell_id", "status", "reason", "label", "schema_version")
 
 @dataclass(frozen=True)
 class Run:
-    """A run directory read once: run.json and every readable record, in file order."""
+    """A run directory read once: run.json and the run's own readable records, in file order.
+
+    Records of another spec or of cells not in run.json's plan are dropped, and a cell's later duplicate
+    final records too, each kind counted in one StoreWarning (bench.run.ownership); `missing` holds a row
+    (status `missing`) for each planned cell without a final record.
+    """
 
     directory: Path
     meta: dict[str, Any]
     records: list[dict[str, Any]]
+    missing: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str]) -> Run:
         """StoreError (one sentence) when the directory is not a usable run."""
         store = RunStore.open(directory)
-        return cls(Path(directory), store.meta, store.records())
+        owned = own_records(store.meta, store.records())
+        owned.warn(str(directory))
+        return cls(Path(directory), store.meta, owned.records, tuple(owned.missing))
 
     @property
     def environments(self) -> list[dict[str, Any]]:
@@ -60,8 +69,17 @@ class Run:
         return environments(self.meta)
 
     def latest(self) -> list[dict[str, Any]]:
-        """One flat record per cell: see latest_per_cell."""
-        return latest_per_cell(self.records)
+        """One flat record per cell (see latest_per_cell); a planned cell without a final record is its
+        `missing` row, in place of any non-final record it has."""
+        rows = latest_per_cell(self.records)
+        missing = {row["cell_id"]: row for row in self.missing}
+        out = [
+            {**{k: row.get(k) for k in KNOBS}, **missing.pop(row["cell_id"])}
+            if row["cell_id"] in missing
+            else row
+            for row in rows
+        ]
+        return out + [dict(row) for row in missing.values()]
 
 
 def latest_per_cell(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -25,4 +25,9 @@ def run(args: argparse.Namespace) -> int:
 
     store = merge(args.dirs, args.out)
     print(f"merged {len(args.dirs)} shard(s) into {store.directory} ({len(store.final_cell_ids())} cells)")
+    duplicates = store.meta.get("merge_duplicates") or 0
+    if duplicates:
+        print(
+            f"loadbench: {duplicates} cell(s) had a final record in more than one shard; the first shard's was kept."
+        )
     return EXIT_OK

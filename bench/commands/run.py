@@ -61,7 +61,7 @@ def run_command(args: argparse.Namespace) -> int:
         executor=args.executor,
         address=args.address,
     )
-    directory = run_stage(request)
-    paths = render(directory)
+    result = run_stage(request)
+    paths = render(result.directory)
     print(f"report: {paths['markdown']} · {paths['html']}")
-    return 0
+    return result.exit_code

@@ -8,11 +8,7 @@ from collections import Counter
 from typing import Any, Protocol
 
 from bench.plan.matrix import Cell
-from bench.schema import FAILED_STATUSES, NON_FINAL_STATUSES
-
-# The summary's "failed" count. It has always counted `interrupted` (the one non-final status) as failed;
-# kept so the printed numbers do not change here.
-_COUNTED_FAILED = FAILED_STATUSES | NON_FINAL_STATUSES
+from bench.schema import FAILED_STATUSES
 
 
 class Progress(Protocol):
@@ -26,9 +22,12 @@ class Progress(Protocol):
 
 
 def _counts(counter: Counter[str]) -> str:
-    """The live and closing summary: ok, skipped and failed cells so far."""
-    failed = sum(n for s, n in counter.items() if s in _COUNTED_FAILED)
-    return f"ok {counter['ok']} · skipped {counter['skipped']} · failed {failed}"
+    """The live and closing summary: ok, skipped, failed and (when any) interrupted cells so far.
+
+    `interrupted` is not a failure: the cell did not finish and --resume runs it again."""
+    failed = sum(n for s, n in counter.items() if s in FAILED_STATUSES)
+    text = f"ok {counter['ok']} · skipped {counter['skipped']} · failed {failed}"
+    return text + (f" · interrupted {counter['interrupted']}" if counter["interrupted"] else "")
 
 
 class PlainProgress:

@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from bench.run.faults import fault_for, faults_from_environment
 from bench.run.messages import NodeTask
 from bench.run.node import NodeSetup, gpu_samplers, node_checkpoint, prepare_node
 from bench.run.progress import NullProgress, Progress
-from bench.run.runner import Runner, RunOptions
+from bench.run.runner import DEFAULT_TIMEOUT_S, Runner, RunOptions, lease_for
 from bench.run.store import RunStore
 
 RAY_MISSING = (
@@ -53,8 +54,11 @@ class MemoryStore:
         self.records.append(record)
         return True
 
-    def claim(self, cell_id: str) -> bool:
+    def claim(self, cell_id: str, lease_s: float = 0.0) -> bool:
         return True
+
+    def refresh(self, cell_ids: Iterable[str], lease_s: float = 0.0) -> None:
+        pass
 
     def release(self, cell_id: str) -> None:
         pass
@@ -166,8 +170,14 @@ class RayExecutor:
         remote = ray.remote(run_on_node)
         done = self.store.final_cell_ids()
         refs: dict[Any, Cell] = {}
+        # Queued cells are leased too: the driver renews every lease while it waits (bench.run.claims).
+        lease_s, heartbeat_s = lease_for(self.timeout_s or DEFAULT_TIMEOUT_S["cuda" if gpu else "cpu"])
         for cell in cells:
-            if cell.skip_reason is not None or cell.cell_id in done or not self.store.claim(cell.cell_id):
+            if (
+                cell.skip_reason is not None
+                or cell.cell_id in done
+                or not self.store.claim(cell.cell_id, lease_s)
+            ):
                 continue
             task = NodeTask(
                 cell=cell,
@@ -184,7 +194,8 @@ class RayExecutor:
         ran = 0
         try:
             while refs:
-                ready, _ = ray.wait(list(refs), num_returns=1)
+                ready, _ = ray.wait(list(refs), num_returns=1, timeout=heartbeat_s)
+                self.store.refresh([c.cell_id for c in refs.values()], lease_s)
                 for ref in ready:
                     cell = refs.pop(ref)
                     self._finish(cell, self._result(ray, ref, cell))

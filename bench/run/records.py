@@ -98,7 +98,7 @@ def warn_skipped(path: Path, *, torn_middle: int, torn_tail: bool) -> None:
     """Tell the caller of RunStore.records (two frames up) which lines of `path` were skipped."""
     if torn_tail:
         warnings.warn(
-            f"{path}: ignored a torn last line (a partial write from a killed process).",
+            f"{path}: ignored a torn last line (a partial write: a killed process or a full disk).",
             StoreWarning,
             stacklevel=3,
         )

@@ -15,6 +15,7 @@ import signal
 import socket
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +31,19 @@ from bench.run.node import start_template as start_template
 from bench.run.progress import Progress
 
 DEFAULT_TIMEOUT_S = {"cuda": 300.0, "cpu": 120.0}
+# A claim is a lease of a few cell timeouts, renewed every HEARTBEAT_S while its cell runs; a runner that
+# found cells held by another runner polls every POLL_S until they have final records or their lease expires.
+LEASE_TIMEOUTS = 3
+HEARTBEAT_S = 30.0
+POLL_S = 2.0
+
+
+def lease_for(timeout_s: float) -> tuple[float, float]:
+    """(lease, heartbeat interval) for cells with this timeout: a live runner renews long before expiry."""
+    lease = LEASE_TIMEOUTS * timeout_s
+    return lease, min(HEARTBEAT_S, lease / 6)
+
+
 _OOM_EVENTS = Path("/sys/fs/cgroup/memory.events")
 
 
@@ -39,7 +53,8 @@ class RecordSink(Protocol):
     @property
     def directory(self) -> Path: ...
     def append(self, record: dict[str, Any]) -> bool: ...
-    def claim(self, cell_id: str) -> bool: ...
+    def claim(self, cell_id: str, lease_s: float = ...) -> bool: ...
+    def refresh(self, cell_ids: Iterable[str], lease_s: float = ...) -> None: ...
     def release(self, cell_id: str) -> None: ...
     def final_cell_ids(self) -> set[str]: ...
 
@@ -102,6 +117,7 @@ class Runner:
         self.timeout_s = (
             options.timeout_s or DEFAULT_TIMEOUT_S["cuda" if options.lanes[0] is not None else "cpu"]
         )
+        self.lease_s, self.heartbeat_s = lease_for(self.timeout_s)
         (store.directory / "logs").mkdir(exist_ok=True)
 
     # -- records -----------------------------------------------------------------------------------
@@ -218,24 +234,38 @@ class Runner:
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self, cells: list[Cell]) -> int:
-        """Run every runnable cell without a final record; returns how many ran."""
+        """Run every runnable cell without a final record; returns how many ran.
+
+        A cell another runner holds is waited for, not skipped: it ends with that runner's record, or its
+        lease expires and this runner takes it over, so no cell is left unrun while a runner is alive."""
         done = self.store.final_cell_ids()
         pending = deque(c for c in cells if c.skip_reason is None and c.cell_id not in done)
+        held: list[Cell] = []  # claimed by another runner when we tried
         running: dict[int, Running] = {}
         ran = 0
+        beat = time.monotonic()
         try:
-            while pending or running:
+            while pending or running or held:
                 for lane in range(len(self.options.lanes)):
                     while lane not in running and pending:
                         cell = pending.popleft()
-                        if self.store.claim(cell.cell_id):
+                        if self.store.claim(cell.cell_id, self.lease_s):
                             running[lane] = self._start(cell, lane)
+                        elif cell.cell_id not in self.store.final_cell_ids():
+                            held.append(cell)
                 if not running:
-                    break
+                    if held:
+                        pending.extend(self._still_held(held))
+                        held = []
+                    continue
                 waitables = [r.conn for r in running.values()] + [r.proc.sentinel for r in running.values()]
-                timeout = max(0.0, min(r.deadline for r in running.values()) - time.monotonic())
-                multiprocessing.connection.wait(waitables, timeout=timeout)
+                next_event = min(r.deadline for r in running.values()) - time.monotonic()
+                wait = max(0.0, min(next_event, beat + self.heartbeat_s - time.monotonic()))
+                multiprocessing.connection.wait(waitables, timeout=wait)
                 now = time.monotonic()
+                if now - beat >= self.heartbeat_s:
+                    self.store.refresh([r.cell.cell_id for r in running.values()], self.lease_s)
+                    beat = now
                 for lane, run in list(running.items()):
                     record = self._settle(run, now)
                     if record is not None:
@@ -251,3 +281,9 @@ class Runner:
                 self.store.release(run.cell.cell_id)
             raise
         return ran
+
+    def _still_held(self, held: list[Cell]) -> list[Cell]:
+        """After a pause, the held cells that still lack a final record (to be claimed again)."""
+        time.sleep(POLL_S)
+        done = self.store.final_cell_ids()
+        return [cell for cell in held if cell.cell_id not in done]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.errors import SpecError
+from bench.errors import EXIT_INCOMPLETE, EXIT_OK, SpecError
 from bench.measure.outcome import CellOutcome
 from bench.measure.probes import Budget
 from bench.plan.matrix import Cell, MatrixSpec
@@ -23,7 +23,9 @@ from bench.plan.planning import make_plan
 from bench.run.compose import ModelFacts, compose_record
 from bench.run.executor import Executor, LocalExecutor, RunSettings
 from bench.run.progress import Progress, make_progress
+from bench.run.records import is_final
 from bench.run.store import RunStore, select_shard
+from bench.schema import MISSING_STATUS
 
 
 @dataclass
@@ -73,15 +75,28 @@ def lanes_for(caps: Any) -> list[str | None]:
     return [str(g.get("uuid") or g.get("index")) for g in gpus]
 
 
+@dataclass(frozen=True)
+class StageResult:
+    """Where the run was written, and the planned cells (of this shard) left without a final record."""
+
+    directory: Path
+    missing: tuple[str, ...]
+
+    @property
+    def exit_code(self) -> int:
+        """EXIT_INCOMPLETE while any planned cell is missing: a run is not done until every cell is."""
+        return EXIT_INCOMPLETE if self.missing else EXIT_OK
+
+
 def run_matrix(request: RunRequest) -> int:
-    """Run a matrix (the Python API: tests, the pytest plugin); 0 once every cell has its record."""
-    run_stage(request)
-    return 0
+    """Run a matrix (the Python API: tests, the pytest plugin); 0 once every cell has its final record,
+    EXIT_INCOMPLETE when some planned cell has none (it is `missing`; --resume runs it)."""
+    return run_stage(request).exit_code
 
 
-def run_stage(request: RunRequest) -> Path:
+def run_stage(request: RunRequest) -> StageResult:
     """Plan, run every cell of the request's shard through its executor, print the summary; returns the
-    run directory."""
+    run directory and the cells still missing."""
     from bench.plan.capabilities import probe_cached
 
     if request.min_samples < 2:  # bad input is refused before anything is written
@@ -125,8 +140,8 @@ def run_stage(request: RunRequest) -> Path:
     finally:
         progress.stop()
         executor.close()
-    print_summary(store, cells, executor.summary())
-    return store.directory
+    missing = print_summary(store, cells, executor.summary())
+    return StageResult(store.directory, missing)
 
 
 def make_executor(request: RunRequest, settings: RunSettings, caps: Any) -> Executor:
@@ -159,14 +174,20 @@ def record_skips(store: RunStore, cells: list[Cell], progress: Progress, model: 
             progress.cell_finished(cell, record)
 
 
-def print_summary(store: RunStore, cells: list[Any], how: str) -> None:
+def print_summary(store: RunStore, cells: list[Any], how: str) -> tuple[str, ...]:
+    """The summary table: each planned cell's final record, or `missing` when it has none; returns the
+    missing cells' ids."""
     from rich.console import Console
     from rich.table import Table
 
     from bench.units import fmt_bytes, fmt_rate, fmt_seconds
 
     wanted = {c.cell_id for c in cells}
-    latest = {r["cell_id"]: r for r in store.records() if r["cell_id"] in wanted}
+    latest: dict[str, dict[str, Any]] = {}
+    for record in store.records():  # the first final record of a cell is the one that counts
+        if record["cell_id"] in wanted and is_final(record):
+            latest.setdefault(record["cell_id"], record)
+    missing = tuple(c.cell_id for c in cells if c.cell_id not in latest)
     table = Table(title="loadbench summary")
     for col in ("dtype", "quant", "attn", "ckpt", "status", "load", "prefill", "train", "decode", "peak RSS"):
         table.add_column(
@@ -180,7 +201,7 @@ def print_summary(store: RunStore, cells: list[Any], how: str) -> None:
             cell.quant,
             cell.attn,
             "on" if cell.grad_ckpt else "off",
-            r.get("status", "-"),
+            r.get("status", MISSING_STATUS),
             fmt_seconds(r.get("load.model_s")),
             fmt_rate(r.get("prefill.tokens_per_s")),
             fmt_rate(r.get("train.tokens_per_s")),
@@ -190,4 +211,10 @@ def print_summary(store: RunStore, cells: list[Any], how: str) -> None:
     console = Console(width=None if sys.stdout.isatty() else 140)
     console.print(table)
     console.print(how)
+    if missing:
+        console.print(
+            f"{len(missing)} planned cell(s) have no final record ({MISSING_STATUS}); "
+            "run again with --resume to run them."
+        )
     console.print(f"run directory: {store.directory}")
+    return missing

@@ -24,7 +24,8 @@ import filelock
 
 from bench.errors import StoreError
 from bench.fileio import atomic_write_bytes, fsync_dir, write_all
-from bench.run.claims import drop_claim, take_claim
+from bench.run.claims import DEFAULT_LEASE_S, drop_claim, refresh_claim, take_claim
+from bench.run.ownership import own_records
 from bench.run.records import (
     StoreWarning,
     check_cell_id,
@@ -66,10 +67,20 @@ LOCK_TIMEOUT_S = 60.0
 # --- files -------------------------------------------------------------------------------------
 
 
-def _probe_writable(directory: Path) -> None:
-    """Fail before any cell runs, not after an hour of measurements that cannot be saved."""
+def _check_ours(directory: Path) -> None:
+    """loadbench writes only into a new or empty directory or its own run directory (it has run.json)."""
     if directory.exists() and not directory.is_dir():
         raise StoreError(f"{directory} exists and is not a directory; choose another --out.")
+    try:
+        foreign = directory.is_dir() and not (directory / RUN_FILE).exists() and any(directory.iterdir())
+    except OSError as exc:
+        raise StoreError(f"cannot list {directory} ({exc.strerror or exc}); choose another --out.") from exc
+    if foreign:
+        raise StoreError(f"{directory} holds files that are not a loadbench run; choose another --out.")
+
+
+def _probe_writable(directory: Path) -> None:
+    """Fail before any cell runs, not after an hour of measurements that cannot be saved."""
     probe = directory / f".write-probe-{os.getpid()}"
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -162,6 +173,7 @@ class RunStore:
         """Start (or, with resume, continue) a run; refuses anything that would lose or mix results."""
         meta = _new_meta(run_meta)
         store = cls(directory)
+        _check_ours(store.directory)
         _probe_writable(store.directory)
         with store._locked():
             if store.run_path.exists():
@@ -181,25 +193,22 @@ class RunStore:
         self._env_index = 0
 
     def _reuse(self, meta: dict[str, Any], *, resume: bool) -> None:
-        """An existing run.json: continue it on resume, replace it only if it never produced a record."""
-        if resume:
-            self._resume(meta)
-        elif self._has_records():
+        """An existing run.json is never replaced: same spec only (whatever the timing: a runner started a
+        second after another joins its run or is refused), and records need --resume."""
+        if not resume and self._has_records():
             raise StoreError(
                 f"{self.directory} already holds a loadbench run with records; pass --resume to continue it "
                 "or choose another --out."
             )
-        else:
-            self._write_meta(meta)
-            self._env_index = 0
+        self._resume(meta)
 
     def _resume(self, meta: dict[str, Any]) -> None:
         """Same spec only: mixing two specs in one directory would make the results meaningless."""
         old = _read_json(self.run_path)
         if old.get("spec_hash") != meta["spec_hash"]:
             raise StoreError(
-                f"cannot resume {self.directory}: it was run with spec_hash {old.get('spec_hash')!r} but this "
-                f"spec has spec_hash {meta['spec_hash']!r}; use the original spec or another --out."
+                f"{self.directory} holds a run of spec_hash {old.get('spec_hash')!r} but this spec has "
+                f"spec_hash {meta['spec_hash']!r}; use the original spec or another --out."
             )
         if old.get("schema_version") != SCHEMA_VERSION:
             raise StoreError(
@@ -213,7 +222,7 @@ class RunStore:
     def set_meta(self, key: str, value: Any) -> None:
         """Record a run-level fact learned while running (calibration, GPU state after the run)."""
         with self._locked():
-            meta = copy.deepcopy(self.meta)
+            meta = _read_json(self.run_path)  # another runner of this run may have added its environment
             meta[key] = value
             self._write_meta(meta)
 
@@ -249,6 +258,8 @@ class RunStore:
         check_record(record)
         row = dict(record)
         row.setdefault("schema_version", SCHEMA_VERSION)
+        if self.run_path.exists():
+            row.setdefault("spec_hash", self.meta.get("spec_hash"))
         if self._env_index is not None:
             row.setdefault("env_index", self._env_index)
         line = dumps_line(row, f"the record of cell {row['cell_id']}").encode("utf-8") + b"\n"
@@ -302,13 +313,35 @@ class RunStore:
 
     # claims
 
-    def claim(self, cell_id: str) -> bool:
-        """Take a cell for this process; False if it is done or a live process holds it."""
+    def claim(self, cell_id: str, lease_s: float = DEFAULT_LEASE_S) -> bool:
+        """Take a cell for this process; False if it is done or a live lease holds it. A stale lease is
+        taken over, with a note in the cell's log (logs/<cell_id>.log)."""
         path = self.claims_dir / check_cell_id(cell_id)
         with self._locked():
             if cell_id in self._refresh_final_ids():
                 return False
-            return take_claim(path)
+            taken, note = take_claim(path, lease_s)
+        if note is not None:
+            self._note(cell_id, note)
+        return taken
+
+    def refresh(self, cell_ids: Iterable[str], lease_s: float = DEFAULT_LEASE_S) -> None:
+        """Renew this process's leases on cells still running (the heartbeat other runners check)."""
+        with self._locked():
+            for cell_id in cell_ids:
+                refresh_claim(self.claims_dir / check_cell_id(cell_id), lease_s)
+
+    def _note(self, cell_id: str, note: str) -> None:
+        """A line in the cell's log; losing it (full disk) must not stop the run."""
+        import datetime as dt
+
+        stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        try:
+            (self.directory / "logs").mkdir(exist_ok=True)
+            with (self.directory / "logs" / f"{cell_id}.log").open("a", encoding="utf-8") as log:
+                log.write(f"[loadbench {stamp}] {note}\n")
+        except OSError:
+            pass
 
     def release(self, cell_id: str) -> None:
         """Drop our claim on a cell; another process's claim is left alone."""
@@ -384,18 +417,22 @@ def _merged_meta(stores: list[RunStore]) -> tuple[dict[str, Any], dict[tuple[int
     meta["environment"] = merged[0]
     meta["environments"] = merged
     meta["merged_from"] = [str(store.directory) for store in stores]
+    meta["shard"] = None  # the merge holds the union of its shards: cells of a shard not given are missing
     return meta, remap
 
 
 def _merged_records(
     stores: list[RunStore], remap: dict[tuple[int, int], int]
 ) -> tuple[list[dict[str, Any]], int]:
-    """Final records of all shards, first one per cell kept; returns them and the duplicates dropped."""
+    """Final records each shard owns (bench.run.ownership), first one per cell kept; returns them and
+    the duplicates dropped."""
     seen: set[str] = set()
     kept: list[dict[str, Any]] = []
     dropped = 0
     for shard, store in enumerate(stores):
-        for record in filter(is_final, store.records()):
+        owned = own_records(store.meta, store.records())
+        owned.warn(str(store.directory))
+        for record in filter(is_final, owned.records):
             if record["cell_id"] in seen:
                 dropped += 1
                 continue
@@ -420,6 +457,10 @@ def merge(shard_dirs: Iterable[str | os.PathLike[str]], out_dir: str | os.PathLi
     stores = [RunStore.open(directory) for directory in shard_dirs]
     if not stores:
         raise StoreError("merge needs at least one shard directory.")
+    paths = [store.directory.resolve() for store in stores]
+    twice = next((path for i, path in enumerate(paths) if path in paths[:i]), None)
+    if twice is not None:
+        raise StoreError(f"merge was given {twice} more than once; name each shard directory once.")
     out = Path(out_dir)
     if any(store.directory.resolve() == out.resolve() for store in stores):
         raise StoreError(f"merge output {out} is one of its inputs; choose another output directory.")

@@ -1,11 +1,14 @@
 """`loadbench report`'s files: records.parquet, records.csv, report.md and report.html, written atomically.
 
 Each file is written beside its target and renamed (bench.fileio), so a reader never sees half a report,
-even after a crash or a full disk.
+even after a crash or a full disk. loadbench never overwrites a file it did not write: the names it wrote
+into a directory are listed in that directory's manifest, `.loadbench-files` (a JSON list), and a target
+that exists but is not listed (a user's own report.md or records.csv) stops the rendering with one sentence.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,15 +18,41 @@ from bench.analysis.report.html_page import render_html
 from bench.analysis.report.markdown import render_markdown
 from bench.analysis.report.plots import all_plots
 from bench.analysis.report.tables import View, all_tables, summary_facts, title
+from bench.errors import ReportError
 from bench.fileio import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-__all__ = ["OUTPUTS", "arrow_table", "render", "write_csv", "write_parquet"]
+__all__ = ["MANIFEST", "OUTPUTS", "arrow_table", "claim_outputs", "render", "write_csv", "write_parquet"]
 
 OUTPUTS = {"parquet": "records.parquet", "csv": "records.csv", "markdown": "report.md", "html": "report.html"}
+MANIFEST = ".loadbench-files"
+
+
+def _manifest(directory: Path) -> list[str]:
+    """The names loadbench wrote into `directory`; an unreadable manifest lists none (so nothing is ours)."""
+    try:
+        names = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+
+def claim_outputs(directory: Path, names: list[str]) -> None:
+    """Refuse (ReportError) if a target exists that loadbench did not write, else list the names as ours
+    before writing them, so a crash part-way leaves no file of ours unlisted."""
+    listed = _manifest(directory)
+    foreign = [n for n in names if (directory / n).exists() and n not in listed]
+    if foreign:
+        raise ReportError(
+            f"{directory} already holds {', '.join(foreign)}, which loadbench did not write; move "
+            "them or render with --out into another directory."
+        )
+    merged = list(dict.fromkeys([*listed, *names]))
+    if merged != listed:
+        atomic_write_text(directory / MANIFEST, json.dumps(merged) + "\n")
 
 
 def render(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None) -> dict[str, Path]:
@@ -36,6 +65,7 @@ def render(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | No
     out = Path(out_dir) if out_dir is not None else run_path
     out.mkdir(parents=True, exist_ok=True)
     paths = {kind: out / name for kind, name in OUTPUTS.items()}
+    claim_outputs(out, list(OUTPUTS.values()))
     table = arrow_table(frame)
     # Arrow writes without the GIL, so the data files are written while the tables and plots are drawn.
     with ThreadPoolExecutor(max_workers=1) as pool:

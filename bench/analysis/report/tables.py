@@ -25,6 +25,7 @@ from bench.analysis.values import (
 from bench.schema import (
     FAILED_STATUSES,
     KNOBS,
+    MISSING_STATUS,
     NON_FINAL_STATUSES,
     PEAK_SOURCES,
     QUALITY_BEST,
@@ -235,7 +236,11 @@ def all_tables(view: View) -> tuple[list[Table], list[Table]]:
     workloads = [t for t in (workload_table(view, w) for w in WORKLOADS) if t is not None]
     statuses = [
         t
-        for t in (status_table(view, "skipped", ("skipped",)), status_table(view, "failed", FAILED))
+        for t in (
+            status_table(view, "skipped", ("skipped",)),
+            status_table(view, "failed", FAILED),
+            status_table(view, "missing (planned, no final record: --resume runs them)", (MISSING_STATUS,)),
+        )
         if t is not None
     ]
     return workloads, statuses
