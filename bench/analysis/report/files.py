@@ -32,9 +32,15 @@ MANIFEST = ".loadbench-files"
 
 
 def _manifest(directory: Path) -> list[str]:
-    """The names loadbench wrote into `directory`; an unreadable manifest lists none (so nothing is ours)."""
+    """The names loadbench wrote into `directory`; an unreadable manifest lists none (so nothing is ours).
+
+    A run directory from before manifests existed (run.json, no manifest) holds the outputs its run rendered.
+    """
+    path = directory / MANIFEST
+    if not path.exists() and (directory / "run.json").is_file():
+        return list(OUTPUTS.values())
     try:
-        names = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+        names = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
     return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
