@@ -15,7 +15,6 @@ from typing import Any
 from bench.analysis.compare.judging import MEM_ABS_FLOOR_BYTES, MIN_N
 from bench.analysis.compare.results import Comparison, MetricResult, StatusChange
 from bench.errors import EXIT_BAD_INPUT
-from bench.measure.probes import NOISY_REL_IQR
 from bench.schema import METRICS, is_memory
 
 __all__ = [
@@ -75,7 +74,8 @@ def _fmt_evidence(r: MetricResult) -> str:
         return "single value, min-effect only"
     if r.p is None:
         return f"n={r.n_base}/{r.n_new}"
-    return f"p={r.p:.2g}, q={r.q:.2g}, n={r.n_base}/{r.n_new}"
+    needed = f", needs ±{r.needed:.0%}" if r.needed is not None else ""
+    return f"p={r.p:.2g}, q={r.q:.2g}, n={r.n_base}/{r.n_new}{needed}"
 
 
 def _cell(text: Any) -> str:
@@ -163,9 +163,9 @@ def _markdown(c: Comparison, limit: int) -> str:
     out.append(
         f"<sub>A metric is a regression or improvement only if a Mann-Whitney U test on its samples "
         f"(Benjamini-Hochberg over {c.tests} tested metrics, q ≤ {c.alpha:g}) and a median change of at "
-        f"least {c.min_effect:.0%} both say so; noisy metrics (IQR/median > {NOISY_REL_IQR:.0%}) and those "
-        f"with n < {MIN_N} are not judged; memory is a single value judged by the {c.min_effect:.0%} "
-        f"minimum effect (and ≥ 1 MiB) only.</sub>"
+        f"least max({c.min_effect:.0%}, the metric's IQR/median in either run) both say so: noise raises the "
+        f"change needed, it does not drop the metric; metrics with n < {MIN_N} are not judged; memory is a "
+        f"single value judged by the {c.min_effect:.0%} minimum effect (and ≥ 1 MiB) only.</sub>"
     )
     return "\n".join(out) + "\n"
 
@@ -211,7 +211,7 @@ def to_dict(c: Comparison) -> dict[str, Any]:
             "test": "mann-whitney-u",
             "correction": "benjamini-hochberg",
             "min_n": MIN_N,
-            "noisy_rel_iqr": NOISY_REL_IQR,
+            "effect_needed": "max(min_effect, relative IQR of BASE, relative IQR of NEW)",
             "memory_abs_floor_bytes": MEM_ABS_FLOOR_BYTES,
         },
         "summary": c.counts(),

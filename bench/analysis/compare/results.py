@@ -30,6 +30,7 @@ class MetricResult:
     q: float | None = None
     verdict: str = "not judged"  # regression, improvement, no change, not judged
     reason: str | None = None
+    needed: float | None = None  # the median change this metric had to show: max(min effect, relative IQR)
 
 
 @dataclass
