@@ -633,3 +633,59 @@ def test_compare_two_10000_cell_runs_within_5_s(benchmark: Any, tmp_path: Path) 
     size_mb = (base / "records.jsonl").stat().st_size / 1e6
     benchmark.extra_info.update({"cells": 10_000, "records_mb_per_run": round(size_mb, 1)})
     assert benchmark.stats.stats.median <= 5.0
+
+
+# --- machine drift: the calibration probe ----------------------------------------------------------------
+
+
+def _drift(speed_start: float, speed_end: float, probe: str = "cpu-matmul-fp32-1t") -> dict[str, Any]:
+    point = {
+        "probe": probe,
+        "unit": "GFLOP/s",
+        "samples": [],
+        "method": "median",
+        "at": "2026-12-02T00:00:00",
+    }
+    return {
+        "start": {**point, "speed": speed_start},
+        "end": {**point, "speed": speed_end},
+        "end_over_start": speed_end / speed_start,
+    }
+
+
+def test_compare_reports_the_machine_speed_ratio_first_and_judges_normalised_throughput(
+    tmp_path: Path,
+) -> None:
+    base = _write_run(tmp_path / "b", _records(seed=1, sigma=0.03), _meta(drift=_drift(10.0, 10.0)))
+    # NEW's machine is 30 % slower and so is every timing: the code did not change.
+    slow_machine = _write_run(
+        tmp_path / "n", _records(seed=2, sigma=0.03, slower=1 / 0.7), _meta(drift=_drift(7.1, 6.9))
+    )
+    c = compare(base, slow_machine)
+    assert c.drift is not None and c.drift.ratio == pytest.approx(0.7) and c.confounded
+    assert c.exit_code == EXIT_REGRESSION  # the raw verdicts stand; the normalised column explains them
+    timed = [r for r in c.results if r.p is not None]
+    assert timed and all(r.verdict == "regression" for r in timed)
+    assert all(r.normalised_verdict == "no change" for r in timed)
+    assert all(abs(r.normalised_change or 1.0) < 0.05 for r in timed)
+    markdown = render_markdown(c)
+    first_note = next(line for line in markdown.splitlines() if line.startswith(">"))
+    assert first_note.startswith(
+        "> **Confounded:** Machine speed (probe `cpu-matmul-fp32-1t`): NEW / BASE = 0.700"
+    )
+    assert "normalised by the probe" in markdown and "confounded" in markdown.splitlines()[0]
+    doc = json.loads(render_json(c))
+    assert doc["machine_drift"]["confounded"] is True and doc["machine_drift"]["ratio"] == pytest.approx(0.7)
+
+
+def test_a_gate_can_fail_on_confounded_comparisons_and_absent_probes_say_not_measured(tmp_path: Path) -> None:
+    base = _write_run(tmp_path / "b", _records(seed=1, sigma=0.03), _meta(drift=_drift(10.0, 10.0)))
+    faster_machine = _write_run(tmp_path / "n", _records(seed=2, sigma=0.03), _meta(drift=_drift(13.0, 13.0)))
+    assert main([str(base), str(faster_machine)]) == EXIT_OK  # nothing regressed in the raw verdicts
+    assert main([str(base), str(faster_machine), "--fail-on-confounded"]) == EXIT_REGRESSION
+    steady = _write_run(tmp_path / "s", _records(seed=3, sigma=0.03), _meta(drift=_drift(10.2, 10.1)))
+    assert main([str(base), str(steady), "--fail-on-confounded"]) == EXIT_OK  # within the minimum effect
+    unprobed = _write_run(tmp_path / "u", _records(seed=4, sigma=0.03))
+    c = compare(base, unprobed, fail_on_confounded=True)
+    assert c.drift is not None and c.drift.ratio is None and not c.confounded and c.exit_code == EXIT_OK
+    assert "Machine speed: not measured (NEW: run.json has no calibration probe)" in render_markdown(c)

@@ -15,12 +15,14 @@ import math
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench.analysis.compare.drift import machine_drift, rescale
 from bench.analysis.compare.matching import check_comparable, match
 from bench.analysis.compare.results import Comparison, MetricResult, StatusChange, worse_by
 from bench.analysis.compare.runs import RunData, env_differences, state_notes
@@ -129,13 +131,24 @@ def _memory_result(
     return result
 
 
-def compare_runs(base: RunData, new: RunData, *, min_effect: float = 0.05, alpha: float = 0.01) -> Comparison:
-    """Judge every metric of every matched cell; raises CompareError on bad input."""
+def compare_runs(
+    base: RunData,
+    new: RunData,
+    *,
+    min_effect: float = 0.05,
+    alpha: float = 0.01,
+    fail_on_confounded: bool = False,
+) -> Comparison:
+    """Judge every metric of every matched cell; raises CompareError on bad input.
+
+    When the runs' calibration probes differ by more than min_effect the timed metrics are judged a second
+    time on NEW's samples rescaled by the machine-speed ratio (the normalised column)."""
     if not 0.0 < alpha < 1.0:
         raise CompareError(f"--alpha must be between 0 and 1, got {alpha}.")
     if not min_effect >= 0.0:
         raise CompareError(f"--min-effect must be 0 or more, got {min_effect}.")
     notes = check_comparable(base, new)
+    drift = machine_drift(base, new, min_effect)
     pairs, matched_by, match_notes, base_only, new_only = match(base, new)
     if not pairs:
         raise CompareError(
@@ -182,6 +195,8 @@ def compare_runs(base: RunData, new: RunData, *, min_effect: float = 0.05, alpha
             results.append(_memory_result(label, b_id, n_id, name, bv, nv, min_effect))
 
     tested = _judge(results, pending, min_effect=min_effect, alpha=alpha)
+    if drift.confounded and drift.ratio is not None:
+        _judge_normalised(results, pending, drift.ratio, min_effect=min_effect, alpha=alpha)
     notes += _power_notes(results, tested, alpha)
     base_env, new_env = base.environment, new.environment
     return Comparison(
@@ -200,6 +215,8 @@ def compare_runs(base: RunData, new: RunData, *, min_effect: float = 0.05, alpha
         min_effect=min_effect,
         alpha=alpha,
         tests=len(tested),
+        drift=drift,
+        fail_on_confounded=fail_on_confounded,
     )
 
 
@@ -266,6 +283,32 @@ def _judge(
     return tested
 
 
+def _judge_normalised(
+    results: list[MetricResult],
+    pending: list[tuple[int, Any, Any]],
+    ratio: float,
+    *,
+    min_effect: float,
+    alpha: float,
+) -> None:
+    """The second column: the same judgement on NEW rescaled to BASE's machine speed (its own BH family)."""
+    shadow = [replace(r) for r in results]
+    scaled: list[tuple[int, Any, Any]] = []
+    for index, xs, ys in pending:
+        r = shadow[index]
+        unit = METRICS[r.metric].unit if r.metric in METRICS else "s"
+        ys_scaled = rescale(ys, ratio, unit)
+        if r.new is not None and r.base:
+            r.new = rescale([r.new], ratio, unit)[0]
+            r.change = r.new / r.base - 1.0
+        r.p = r.q = r.needed = None
+        scaled.append((index, xs, ys_scaled))
+    _judge(shadow, scaled, min_effect=min_effect, alpha=alpha)
+    for index, _, _ in pending:
+        results[index].normalised_change = shadow[index].change
+        results[index].normalised_verdict = shadow[index].verdict
+
+
 def _judge_one(
     results: list[MetricResult],
     index: int,
@@ -320,8 +363,19 @@ def gc_paused() -> Iterator[None]:
 
 
 def compare(
-    base_dir: str | Path, new_dir: str | Path, *, min_effect: float = 0.05, alpha: float = 0.01
+    base_dir: str | Path,
+    new_dir: str | Path,
+    *,
+    min_effect: float = 0.05,
+    alpha: float = 0.01,
+    fail_on_confounded: bool = False,
 ) -> Comparison:
     """Compare two run directories; raises CompareError (a StoreError) on bad input."""
     with gc_paused():
-        return compare_runs(RunData.load(base_dir), RunData.load(new_dir), min_effect=min_effect, alpha=alpha)
+        return compare_runs(
+            RunData.load(base_dir),
+            RunData.load(new_dir),
+            min_effect=min_effect,
+            alpha=alpha,
+            fail_on_confounded=fail_on_confounded,
+        )

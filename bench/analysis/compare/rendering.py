@@ -82,15 +82,30 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _metric_table(rows: list[MetricResult], limit: int, *, reason: bool = False) -> list[str]:
+def _fmt_normalised(r: MetricResult) -> str:
+    if r.normalised_change is None:
+        return "–"
+    return f"{r.normalised_change * 100:+.1f} % ({r.normalised_verdict})"
+
+
+def _metric_table(
+    rows: list[MetricResult], limit: int, *, reason: bool = False, normalised: bool = False
+) -> list[str]:
     head = "| cell | metric | BASE | NEW | change | " + ("why not judged |" if reason else "evidence |")
-    lines = [head, "|---|---|---:|---:|---:|---|"]
+    rule = "|---|---|---:|---:|---:|---|"
+    if normalised and not reason:
+        head += " normalised by the probe |"
+        rule += "---|"
+    lines = [head, rule]
     for r in rows[:limit]:
         last = r.reason if reason else _fmt_evidence(r)
-        lines.append(
+        line = (
             f"| {_cell(r.cell)} | `{r.metric}` | {_fmt_value(r.metric, r.base)} | "
             f"{_fmt_value(r.metric, r.new)} | {_fmt_change(r)} | {_cell(last)} |"
         )
+        if normalised and not reason:
+            line += f" {_fmt_normalised(r)} |"
+        lines.append(line)
     if len(rows) > limit:
         lines.append(f"\n… and {len(rows) - limit} more (see `--format json`).")
     return lines
@@ -109,7 +124,7 @@ def _status_table(rows: list[StatusChange], limit: int) -> list[str]:
 def summary_line(c: Comparison) -> str:
     """The one line a CI log shows: verdict counts and how cells were matched."""
     counts = c.counts()
-    icon = "❌" if c.exit_code else "✅"
+    icon = "❌" if c.exit_code else ("⚠️" if c.confounded else "✅")
     reasons = ", ".join(
         f"{v} {k.removeprefix('not_judged.')}" for k, v in counts.items() if k.startswith("not_judged.")
     )
@@ -117,6 +132,7 @@ def summary_line(c: Comparison) -> str:
     return (
         f"{icon} {counts['regressions']} regression(s), {counts['improvements']} improvement(s), "
         f"{counts['unchanged']} unchanged, {not_judged} · {c.cells_matched} cells matched by {c.matched_by}"
+        + (" · confounded by machine drift" if c.confounded else "")
     )
 
 
@@ -126,6 +142,9 @@ def _markdown(c: Comparison, limit: int) -> str:
     if c.commits[0] != c.commits[1] and any(c.commits):
         out[-1] += f" · commit `{str(c.commits[0])[:12]}` → `{str(c.commits[1])[:12]}`"
     out.append("")
+    if c.drift is not None:
+        prefix = "> **Confounded:** " if c.confounded else ""
+        out += [prefix + c.drift.describe(), ""]
     for note in c.notes:
         out.append(f"> **Note:** {note}")
         out.append("")
@@ -147,7 +166,7 @@ def _markdown(c: Comparison, limit: int) -> str:
         if statuses:
             out += [*_status_table(statuses, limit), ""]
         if metrics:
-            out += [*_metric_table(metrics, limit), ""]
+            out += [*_metric_table(metrics, limit, normalised=c.confounded), ""]
     other_status = [s for s in c.status_changes if s.verdict == "changed"]
     if other_status:
         out += [f"<details><summary>Status changed, not judged ({len(other_status)})</summary>", ""]
@@ -155,7 +174,7 @@ def _markdown(c: Comparison, limit: int) -> str:
     unchanged = c.of("no change")
     if unchanged:
         out += [f"<details><summary>Unchanged ({len(unchanged)})</summary>", ""]
-        out += [*_metric_table(unchanged, limit), "", "</details>", ""]
+        out += [*_metric_table(unchanged, limit, normalised=c.confounded), "", "</details>", ""]
     not_judged = c.of("not judged")
     if not_judged:
         out += [f"<details><summary>Not judged ({len(not_judged)})</summary>", ""]
@@ -213,6 +232,13 @@ def to_dict(c: Comparison) -> dict[str, Any]:
             "min_n": MIN_N,
             "effect_needed": "max(min_effect, relative IQR of BASE, relative IQR of NEW)",
             "memory_abs_floor_bytes": MEM_ABS_FLOOR_BYTES,
+        },
+        "machine_drift": {
+            "ratio": c.drift.ratio if c.drift else None,
+            "probe": c.drift.probe if c.drift else None,
+            "reason": c.drift.reason if c.drift else "not measured",
+            "confounded": c.confounded,
+            "fail_on_confounded": c.fail_on_confounded,
         },
         "summary": c.counts(),
         "exit_code": c.exit_code,

@@ -6,6 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from bench.analysis.compare.drift import Drift
 from bench.errors import EXIT_OK, EXIT_REGRESSION
 
 __all__ = ["Comparison", "MetricResult", "StatusChange", "worse_by"]
@@ -31,6 +32,8 @@ class MetricResult:
     verdict: str = "not judged"  # regression, improvement, no change, not judged
     reason: str | None = None
     needed: float | None = None  # the median change this metric had to show: max(min effect, relative IQR)
+    normalised_change: float | None = None  # with NEW rescaled by the machine-speed ratio (confounded runs)
+    normalised_verdict: str | None = None
 
 
 @dataclass
@@ -65,6 +68,13 @@ class Comparison:
     min_effect: float
     alpha: float
     tests: int  # metrics tested (the BH family size)
+    drift: Drift | None = None  # the machine-speed ratio of the two runs' calibration probes
+    fail_on_confounded: bool = False  # exit 1 when the drift confounds the verdicts
+
+    @property
+    def confounded(self) -> bool:
+        """The machines' speeds differ by more than the minimum effect: verdicts mix code and machine."""
+        return self.drift is not None and self.drift.confounded
 
     def of(self, verdict: str) -> list[MetricResult]:
         """The metric results with this verdict, in judging order."""
@@ -106,8 +116,11 @@ class Comparison:
 
     @property
     def exit_code(self) -> int:
-        """1 when any metric or status regressed, else 0."""
-        return EXIT_REGRESSION if self.of("regression") or self.status_regressions else EXIT_OK
+        """1 when any metric or status regressed (or, with fail_on_confounded, the drift confounds), else 0."""
+        failed = (
+            self.of("regression") or self.status_regressions or (self.fail_on_confounded and self.confounded)
+        )
+        return EXIT_REGRESSION if failed else EXIT_OK
 
 
 def worse_by(r: MetricResult) -> float:
