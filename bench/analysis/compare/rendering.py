@@ -132,7 +132,12 @@ def summary_line(c: Comparison) -> str:
     return (
         f"{icon} {counts['regressions']} regression(s), {counts['improvements']} improvement(s), "
         f"{counts['unchanged']} unchanged, {not_judged} · {c.cells_matched} cells matched by {c.matched_by}"
-        + (" · confounded by machine drift" if c.confounded else "")
+        + (
+            f" · confounded by machine drift: {counts['normalised_regressions']} regression(s) once normalised "
+            "by the probe"
+            if c.confounded
+            else ""
+        )
     )
 
 

@@ -112,14 +112,23 @@ class Comparison:
             "cells_only_in_base": len(self.base_only),
             "cells_only_in_new": len(self.new_only),
             "tests": self.tests,
+            **({"normalised_regressions": len(self.gate_regressions)} if self.confounded else {}),
         }
 
     @property
+    def gate_regressions(self) -> list[MetricResult]:
+        """The metric regressions the exit code rests on: when the machine's drift confounds the raw
+        verdicts, those that remain after rescaling NEW by the probe (the normalised column)."""
+        if self.confounded:
+            return [r for r in self.results if r.normalised_verdict == "regression"]
+        return self.of("regression")
+
+    @property
     def exit_code(self) -> int:
-        """1 when any metric or status regressed (or, with fail_on_confounded, the drift confounds), else 0."""
-        failed = (
-            self.of("regression") or self.status_regressions or (self.fail_on_confounded and self.confounded)
-        )
+        """1 when a metric (normalised, when confounded) or a status regressed, or when the drift confounds
+        the verdicts and fail_on_confounded is set; else 0."""
+        confounded_fail = self.fail_on_confounded and self.confounded
+        failed = self.gate_regressions or self.status_regressions or confounded_fail
         return EXIT_REGRESSION if failed else EXIT_OK
 
 
