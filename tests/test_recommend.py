@@ -23,6 +23,8 @@ def _train_cell(quant: str, grad_ckpt: bool, tokens_per_s: float, reserved_gib: 
         device="cuda",
         **{
             "train.tokens_per_s": tokens_per_s,
+            "train.tokens_per_s.p10": tokens_per_s * 0.95,
+            "train.tokens_per_s.p90": tokens_per_s * 1.05,
             "mem.train.torch_reserved_bytes": int(reserved_gib * GiB),
             "decode.tokens_per_s": tokens_per_s / 100,
             "mem.prefill.torch_reserved_bytes": int(reserved_gib * GiB / 4),
@@ -58,6 +60,27 @@ def test_picks_the_fastest_cell_that_fits_with_a_runner_up(run: Path) -> None:
     assert "21.60 GiB (24.00 GiB less a 10 % margin)" in text
 
 
+def test_tied_cells_are_called_tied_not_faster(tmp_path: Path) -> None:
+    fast, slower = _train_cell("none", False, 12_000.0, 20.0), _train_cell("none", True, 10_000.0, 14.0)
+    fast["train.tokens_per_s.p10"], slower["train.tokens_per_s.p90"] = 9_000.0, 12_500.0  # overlapping
+    rec = recommend.recommend(make_run(tmp_path / "run", [fast, slower]), 24 * GiB, "train")
+    text = " ".join(rec.reasons)
+    assert "tied with checkpointing (their p10–p90 tok/s intervals overlap" in text and "faster" not in text
+
+
+def test_a_cpu_budget_is_ram_and_inference_speaks_of_the_kv_cache(tmp_path: Path) -> None:
+    cells = []
+    for ckpt, cache, rate in ((False, True, 200.0), (True, False, 50.0)):
+        cell = make_record(grad_ckpt=ckpt, device="cpu")
+        cell.update({"decode.tokens_per_s": rate, "decode.use_cache": cache, "mem.decode.rss_bytes": GiB})
+        cell.update({"decode.tokens_per_s.p10": rate * 0.9, "decode.tokens_per_s.p90": rate * 1.1})
+        cells.append(cell)
+    rec = recommend.recommend(make_run(tmp_path / "run", cells), 24 * GiB, "infer")
+    text = " ".join(rec.reasons)
+    assert "within RAM 21.60 GiB" in text and "VRAM" not in text
+    assert "KV cache on" in text and "KV cache off" in text and "checkpointing" not in text
+
+
 def test_the_margin_is_respected(run: Path) -> None:
     """20 GiB fits 22 GiB with no margin, but not 22 GiB less 10 % (19.8 GiB)."""
     assert recommend.recommend(run, 22 * GiB, "train", margin=0.0).best.peak_bytes == 20 * GiB
@@ -74,7 +97,7 @@ def test_nothing_fits_names_the_smallest_peak(run: Path) -> None:
     assert rec.smallest is not None and rec.smallest.peak_bytes == 6 * GiB
     assert rec.reasons == [
         "Nothing fits: the smallest train peak measured is 6.00 GiB (nf4 + checkpointing, torch reserved peak), "
-        "over the budget of 3.60 GiB (4.00 GiB less a 10 % margin)."
+        "over the budget of VRAM 3.60 GiB (4.00 GiB less a 10 % margin)."
     ]
 
 

@@ -340,19 +340,33 @@ def test_markdown_has_a_table_per_workload_with_only_varying_knobs(grid_run: Pat
         assert len(rows) == 8
 
 
-def test_the_best_value_of_each_column_is_bold(grid_run: Path) -> None:
+def test_the_best_value_is_bold_only_when_its_interval_clears_the_others(grid_run: Path) -> None:
     frame = report.to_frame(grid_run)
-    ok = frame[frame["status"] == "ok"]
+    ok = frame[frame["status"] == "ok"].dropna(subset=["train.tokens_per_s"])
     fastest = ok.loc[ok["train.tokens_per_s"].idxmax()]
+    others = ok.drop(index=fastest.name)
+    tied = int((others["train.tokens_per_s.p90"] >= fastest["train.tokens_per_s.p10"]).sum())
     markdown = report.render(grid_run)["markdown"].read_text(encoding="utf-8")
     header, *rows = _md_table(markdown, "train")
     rate = header.index("tok/s (p10–p90)")
     bold = [row for row in rows if row[rate].startswith("**")]
-    assert len(bold) == 1
-    assert bold[0][:3] == [fastest["dtype"], fastest["quant"], fastest["attn"]]
-    assert bold[0][rate].startswith("**" + report.fmt_rate(fastest["train.tokens_per_s"]))
-    memory = header.index("peak memory (RSS)")
+    if tied:
+        assert not bold and f"tok/s: the best median is tied with {tied} other cell(s)" in markdown
+    else:
+        assert len(bold) == 1 and bold[0][:3] == [fastest["dtype"], fastest["quant"], fastest["attn"]]
+        assert bold[0][rate].startswith("**" + report.fmt_rate(fastest["train.tokens_per_s"]))
+    memory = header.index("peak memory (RSS)")  # a single value per cell: the lowest is bold
     assert {row[1] for row in rows if row[memory].startswith("**")} == {"nf4"}
+
+
+def test_separable_best_calls_overlapping_intervals_a_tie() -> None:
+    from bench.analysis.report.tables import separable_best
+
+    clear = separable_best([100.0, 80.0], [95.0, 70.0], [105.0, 90.0], "max")
+    assert clear == ([True, False], 0)
+    assert separable_best([100.0, 90.0, 50.0], [85.0, 70.0, 40.0], [110.0, 95.0, 60.0], "max") == (None, 1)
+    assert separable_best([1.0, 1.2], [0.9, 1.25], [1.1, 1.3], "min") == ([True, False], 0)
+    assert separable_best([1.0, 1.05], [0.9, 1.0], [1.1, 1.1], "min") == (None, 1)
 
 
 def test_skipped_and_failed_cells_are_listed_with_their_reasons(grid_run: Path) -> None:

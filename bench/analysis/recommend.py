@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from bench import units
 from bench.analysis.frame import rows, to_frame
-from bench.analysis.values import knob_text, number
+from bench.analysis.values import is_missing, knob_text, number
 from bench.errors import RecommendError
-from bench.schema import KNOBS, PEAK_SOURCES
+from bench.schema import DECODE_CACHE_COLUMN, KNOBS, PEAK_SOURCES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,6 +54,8 @@ class Choice:
     peak_bytes: float
     memory_source: str  # words, e.g. "torch reserved peak"
     memory_column: str  # the column the peak came from (the largest phase)
+    throughput_p10: float | None = None
+    throughput_p90: float | None = None
 
     def spare(self, budget: float) -> float:
         return budget - self.peak_bytes
@@ -120,16 +122,23 @@ def candidates(frame: pd.DataFrame, task: str) -> list[Choice]:
     if metric not in ok.columns:
         return []
     columns = [c for c in ok.columns if c.startswith("mem.") or c in (*KNOBS, "cell_id", "label")]
-    columns += [metric, "prefill.tokens_per_s"]
+    columns += [metric, f"{metric}.p10", f"{metric}.p90", "prefill.tokens_per_s", DECODE_CACHE_COLUMN]
     out = []
     for row in rows(ok, columns):
         rate, peak = number(row.get(metric)), _peak(row, PHASES[task])
         if rate is None or peak is None:
             continue
         knobs = {k: row.get(k) for k in KNOBS}
+        if task == "infer":  # what differs at inference is the KV cache (checkpointing only turns it off)
+            del knobs["grad_ckpt"]
+            cache = row.get(DECODE_CACHE_COLUMN)
+            knobs["kv_cache"] = None if is_missing(cache) else bool(cache)
         prefill = number(row.get("prefill.tokens_per_s"))
+        spread = number(row.get(f"{metric}.p10")), number(row.get(f"{metric}.p90"))
         out.append(
-            Choice(str(row["cell_id"]), str(row.get("label") or ""), knobs, rate, metric, prefill, *peak)
+            Choice(
+                str(row["cell_id"]), str(row.get("label") or ""), knobs, rate, metric, prefill, *peak, *spread
+            )
         )
     return out
 
@@ -144,7 +153,9 @@ def _knob_words(name: str, value: Any) -> str:
     if name == "quant" and value == "none":
         return "unquantized"
     if name == "use_cache":
-        return f"cache {knob_text(name, value)}"
+        return f"KV cache {knob_text(name, value)}"
+    if name == "kv_cache":
+        return "KV cache unknown" if value is None else f"KV cache {'on' if value else 'off'}"
     if name in ("batch", "seq", "threads"):
         return f"{name} {knob_text(name, value)}"
     if name == "new_tokens":
@@ -153,7 +164,8 @@ def _knob_words(name: str, value: Any) -> str:
 
 
 def _varying(choices: list[Choice]) -> list[str]:
-    return [k for k in KNOBS if len({knob_text(k, c.knobs.get(k)) for c in choices}) > 1]
+    names = [k for k in (*KNOBS, "kv_cache") if any(k in c.knobs for c in choices)]
+    return [k for k in names if len({_knob_words(k, c.knobs.get(k)) for c in choices}) > 1]
 
 
 def describe(choice: Choice, knobs: list[str]) -> str:
@@ -164,7 +176,8 @@ def describe(choice: Choice, knobs: list[str]) -> str:
 
 def difference(other: Choice, best: Choice) -> str:
     """`other` by only the knobs where it differs from `best`: "nf4", "eager + no checkpointing"."""
-    differing = [k for k in KNOBS if knob_text(k, other.knobs.get(k)) != knob_text(k, best.knobs.get(k))]
+    names = [k for k in (*KNOBS, "kv_cache") if k in other.knobs or k in best.knobs]
+    differing = [k for k in names if _knob_words(k, other.knobs.get(k)) != _knob_words(k, best.knobs.get(k))]
     return describe(other, differing) if differing else f"cell {other.cell_id}"
 
 
@@ -195,16 +208,39 @@ def _versus(best: Choice, runner: Choice, objective: str, budget: float, knobs: 
             f"{head}: {units.fmt_rate(mine, 'tok/s per GiB')} against {units.fmt_rate(theirs, 'tok/s per GiB')} "
             f"for {other}, fits with {spare} to spare."
         )
+    if tied(best, runner):
+        return (
+            f"{head}: tied with {other} (their p10–p90 tok/s intervals overlap: "
+            f"{_interval(best)} against {_interval(runner)}), fits with {spare} to spare."
+        )
     gain = (best.throughput / runner.throughput - 1) * 100 if runner.throughput else 0.0
     speed = f"{_percent(gain)} faster than" if gain > 0 else "as fast as"
     return f"{head}: {speed} {other}, fits with {spare} to spare."
 
 
+def tied(a: Choice, b: Choice) -> bool:
+    """The two throughputs' p10–p90 intervals overlap: no "faster" can be said of either."""
+    if None in (a.throughput_p10, a.throughput_p90, b.throughput_p10, b.throughput_p90):
+        return False
+    return bool((a.throughput_p10 or 0.0) <= (b.throughput_p90 or 0.0)) and bool(
+        (b.throughput_p10 or 0.0) <= (a.throughput_p90 or 0.0)
+    )
+
+
+def _interval(c: Choice) -> str:
+    return f"{units.fmt_rate(c.throughput_p10)}–{units.fmt_rate(c.throughput_p90)}"
+
+
 # --- the recommendation ---------------------------------------------------------------------------------
 
 
-def _budget_words(vram: float, margin: float) -> str:
-    return f"{_bytes(vram * (1 - margin))} ({_bytes(vram)} less a {_percent(margin * 100)} margin)"
+def _budget_words(vram: float, margin: float, memory: str = "VRAM") -> str:
+    return f"{memory} {_bytes(vram * (1 - margin))} ({_bytes(vram)} less a {_percent(margin * 100)} margin)"
+
+
+def memory_kind(sources: list[str]) -> str:
+    """ "RAM" when every peak is the process's RSS (a CPU run), else "VRAM": the budget is named for it."""
+    return "RAM" if sources and all(source.startswith("RSS") for source in sources) else "VRAM"
 
 
 def _check_request(vram_bytes: float, task: str, objective: str, margin: float) -> None:
@@ -262,7 +298,7 @@ def choose(
         reason = (
             f"Nothing fits: the smallest {task} peak measured is {_bytes(smallest.peak_bytes)} "
             f"({describe(smallest, knobs)}, {smallest.memory_source}), over the budget of "
-            f"{_budget_words(vram_bytes, margin)}."
+            f"{_budget_words(vram_bytes, margin, memory_kind(measured.memory_sources))}."
         )
         return replace(measured, reasons=[reason])
     best, runner = fitting[0], (fitting[1] if len(fitting) > 1 else None)
@@ -292,7 +328,8 @@ def _reasons(
     budget = vram * (1 - margin)
     reasons = [
         f"{describe(best, knobs)} (cell {best.cell_id}): {_rate(best)}, peak {_bytes(best.peak_bytes)} "
-        f"({best.memory_source}, {best.memory_column}), within {_budget_words(vram, margin)}."
+        f"({best.memory_source}, {best.memory_column}), within "
+        f"{_budget_words(vram, margin, memory_kind(sorted({c.memory_source for c in pool})))}."
     ]
     if runner is not None:
         reasons.append(_versus(best, runner, objective, budget, knobs))
@@ -338,7 +375,10 @@ def print_recommendation(rec: Recommendation, console: Console) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    title = f"{rec.task}, {rec.objective}: budget {_budget_words(rec.vram_bytes, rec.margin)}"
+    memory = memory_kind(rec.memory_sources)
+    title = f"{rec.task}, {rec.objective}: budget {_budget_words(rec.vram_bytes, rec.margin, memory)}"
+    if memory == "RAM":
+        title += " (a CPU run: the budget is RAM, measured as the cell process's RSS peak)"
     if rec.best is not None:
         knobs = rec.knobs
         table = Table(title=Text(title))

@@ -58,6 +58,11 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         default=0.01,
         help="false-discovery rate of the tests, Benjamini-Hochberg over all tested metrics (default 0.01)",
     )
+    p.add_argument(
+        "--fail-on-confounded",
+        action="store_true",
+        help="exit 1 when the runs' calibration probes differ by more than --min-effect (machine drift)",
+    )
     p.add_argument("--format", choices=("markdown", "json"), default="markdown", help="output format")
     p.add_argument("--out", metavar="FILE", help="write the report here (default: standard output)")
 
@@ -65,7 +70,13 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 def run_compare(args: argparse.Namespace) -> int:
     """The `compare` subcommand: 0 no significant regression, 1 a regression, 2 bad input."""
     try:
-        comparison = compare(args.base, args.new, min_effect=args.min_effect, alpha=args.alpha)
+        comparison = compare(
+            args.base,
+            args.new,
+            min_effect=args.min_effect,
+            alpha=args.alpha,
+            fail_on_confounded=args.fail_on_confounded,
+        )
     except BAD_INPUT as exc:  # CompareError too: one sentence
         print(f"loadbench compare: {exc}", file=sys.stderr)
         if args.out:

@@ -1,9 +1,9 @@
 """`compare`'s verdicts: each timed metric of each matched cell judged from its samples, not its median alone.
 
 A metric is a regression or an improvement only when a Mann-Whitney U test (Benjamini-Hochberg over every
-metric judged in the comparison) and a minimum effect on the median both say so. Metrics the runner flagged
-noisy in either run, and metrics with fewer than MIN_N samples in either run, are "not judged" with that
-reason. Memory metrics are single values, compared by the minimum effect alone (and at least 1 MiB). A cell
+metric judged in the comparison) and a minimum effect on the median both say so. Noise does not remove a
+metric: it raises the effect that metric must show (the larger relative IQR of the two runs, at least the
+minimum effect). Metrics with fewer than MIN_N samples in either run are "not judged" with that reason. Memory metrics are single values, compared by the minimum effect alone (and at least 1 MiB). A cell
 that was ok in BASE and fails in NEW (schema.FAILED_STATUSES) is a regression too. A metric's direction
 comes from the schema's registry (schema.METRICS), never from its name.
 """
@@ -15,25 +15,26 @@ import math
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench.analysis.compare.drift import machine_drift, rescale
 from bench.analysis.compare.matching import check_comparable, match
 from bench.analysis.compare.results import Comparison, MetricResult, StatusChange, worse_by
 from bench.analysis.compare.runs import RunData, env_differences, state_notes
 from bench.analysis.compare.stats import bh_adjust, mann_whitney_u, min_p
 from bench.errors import CompareError
-from bench.measure.probes import NOISY_REL_IQR
 from bench.schema import FAILED_STATUSES, METRICS, cell_label, is_memory
 
 __all__ = ["MEM_ABS_FLOOR_BYTES", "MIN_N", "compare", "compare_runs", "gc_paused"]
 
 MIN_N = 5  # fewer samples than this in either run: not judged
 MEM_ABS_FLOOR_BYTES = 1 << 20  # a memory change smaller than 1 MiB is never a verdict
-# Timings recorded once per cell (no samples): shown, never judged (n=1 < MIN_N).
+# Timings a record may hold as one value (no samples): shown, and judged once the runner records samples.
 SINGLE_SHOT_TIMINGS = ("load.model_s",)
 
 
@@ -71,31 +72,17 @@ class _NameCache:
         return names
 
 
-@lru_cache(maxsize=4096)
-def _keys(name: str) -> tuple[str, str]:
-    return f"{name}.samples", f"{name}.noisy"
-
-
-def _timed(record: Mapping[str, Any], name: str) -> tuple[float | None, list[Any] | None, bool | None]:
-    """(median, samples, noisy flag) of a timed metric; a single-shot timing is one sample."""
-    samples_key, noisy_key = _keys(name)
-    value, samples, flag = record.get(name), record.get(samples_key), record.get(noisy_key)
+def _timed(record: Mapping[str, Any], name: str) -> tuple[float | None, list[Any] | None]:
+    """(median, samples) of a timed metric; a single-shot timing is one sample."""
+    value, samples = record.get(name), record.get(f"{name}.samples")
     if type(value) is float and type(samples) is list and math.isfinite(value):  # the runner's records
-        return value, samples, flag if type(flag) is bool else None
+        return value, samples
     median = float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
     if not isinstance(samples, list):
         samples = None if median is None else [median]
     elif median is None and samples:
         median = float(np.nanmedian(np.array(samples, dtype=float)))
-    return median, samples, flag if isinstance(flag, bool) else None
-
-
-def _noisy(samples: np.ndarray) -> bool:
-    """The runner's rule, for records that carry samples but no `.noisy` flag."""
-    if samples.size < 2:
-        return False
-    q1, median, q3 = np.quantile(samples, [0.25, 0.5, 0.75])
-    return bool(median > 0 and (q3 - q1) / median > NOISY_REL_IQR)
+    return median, samples
 
 
 def _label(base: Mapping[str, Any], new: Mapping[str, Any]) -> str:
@@ -144,13 +131,24 @@ def _memory_result(
     return result
 
 
-def compare_runs(base: RunData, new: RunData, *, min_effect: float = 0.05, alpha: float = 0.01) -> Comparison:
-    """Judge every metric of every matched cell; raises CompareError on bad input."""
+def compare_runs(
+    base: RunData,
+    new: RunData,
+    *,
+    min_effect: float = 0.05,
+    alpha: float = 0.01,
+    fail_on_confounded: bool = False,
+) -> Comparison:
+    """Judge every metric of every matched cell; raises CompareError on bad input.
+
+    When the runs' calibration probes differ by more than min_effect the timed metrics are judged a second
+    time on NEW's samples rescaled by the machine-speed ratio (the normalised column)."""
     if not 0.0 < alpha < 1.0:
         raise CompareError(f"--alpha must be between 0 and 1, got {alpha}.")
     if not min_effect >= 0.0:
         raise CompareError(f"--min-effect must be 0 or more, got {min_effect}.")
     notes = check_comparable(base, new)
+    drift = machine_drift(base, new, min_effect)
     pairs, matched_by, match_notes, base_only, new_only = match(base, new)
     if not pairs:
         raise CompareError(
@@ -160,7 +158,7 @@ def compare_runs(base: RunData, new: RunData, *, min_effect: float = 0.05, alpha
     results: list[MetricResult] = []
     status_changes: list[StatusChange] = []
     # Tests to run, grouped by sample sizes so each group is one vectorised call.
-    pending: list[tuple[int, Any, Any, bool | None, bool | None]] = []  # timed metrics to judge
+    pending: list[tuple[int, Any, Any]] = []  # timed metrics to judge
     names_of = _NameCache()
     for b, n in pairs:
         label = _label(b, n)
@@ -176,8 +174,8 @@ def compare_runs(base: RunData, new: RunData, *, min_effect: float = 0.05, alpha
             better = _better(name)
             if better is None:
                 continue
-            bm, xs, b_noisy = _timed(b, name)
-            nm, ys, n_noisy = _timed(n, name)
+            bm, xs = _timed(b, name)
+            nm, ys = _timed(n, name)
             if bm is None and nm is None:
                 continue  # measured in neither run (a workload this cell does not run)
             result = MetricResult(label, b_id, n_id, name, "samples", better, bm, nm, None,
@@ -189,7 +187,7 @@ def compare_runs(base: RunData, new: RunData, *, min_effect: float = 0.05, alpha
                 result.reason = "zero in BASE"
             else:
                 result.change = nm / bm - 1.0
-                pending.append((len(results) - 1, xs, ys, b_noisy, n_noisy))
+                pending.append((len(results) - 1, xs, ys))
         for name in b_memory if b_memory == n_memory else sorted({*b_memory, *n_memory}):
             bv, nv = b.get(name), n.get(name)
             if bv is None and nv is None:
@@ -197,6 +195,8 @@ def compare_runs(base: RunData, new: RunData, *, min_effect: float = 0.05, alpha
             results.append(_memory_result(label, b_id, n_id, name, bv, nv, min_effect))
 
     tested = _judge(results, pending, min_effect=min_effect, alpha=alpha)
+    if drift.confounded and drift.ratio is not None:
+        _judge_normalised(results, pending, drift.ratio, min_effect=min_effect, alpha=alpha)
     notes += _power_notes(results, tested, alpha)
     base_env, new_env = base.environment, new.environment
     return Comparison(
@@ -215,20 +215,34 @@ def compare_runs(base: RunData, new: RunData, *, min_effect: float = 0.05, alpha
         min_effect=min_effect,
         alpha=alpha,
         tests=len(tested),
+        drift=drift,
+        fail_on_confounded=fail_on_confounded,
     )
+
+
+def _rel_iqr(samples: np.ndarray) -> np.ndarray:
+    """Row-wise IQR / median of samples (g, n), NaN-free rows; 0 where the median is not positive."""
+    q1, median, q3 = np.quantile(samples, [0.25, 0.5, 0.75], axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(median > 0, (q3 - q1) / median, 0.0)
 
 
 def _judge(
     results: list[MetricResult],
-    pending: list[tuple[int, Any, Any, bool | None, bool | None]],
+    pending: list[tuple[int, Any, Any]],
     *,
     min_effect: float,
     alpha: float,
 ) -> list[int]:
-    """Give each pending timed metric its verdict; returns the indexes of those tested (the BH family)."""
-    by_size: dict[tuple[int, int], list[tuple[int, Any, Any, bool | None, bool | None]]] = defaultdict(list)
+    """Give each pending timed metric its verdict; returns the indexes of those tested (the BH family).
+
+    Noisy metrics are judged too: the test on the samples carries their spread, and the effect a metric
+    must show grows with its noise (the larger relative IQR of the two runs, never below min_effect), so a
+    noisy metric needs a bigger change to count but is never dropped.
+    """
+    by_size: dict[tuple[int, int], list[tuple[int, Any, Any]]] = defaultdict(list)
     for item in pending:
-        _, xs, ys, _, _ = item
+        _, xs, ys = item
         if len(xs) < MIN_N or len(ys) < MIN_N:
             results[item[0]].reason = f"n<{MIN_N}"
         else:
@@ -238,25 +252,20 @@ def _judge(
     p_values: list[float] = []
     directions: list[float] = []
     for (m, k), items in by_size.items():  # one vectorised test per pair of sample sizes
-        u_y: np.ndarray
-        p: np.ndarray
         x = np.array([item[1] for item in items], dtype=float)  # null (a non-finite sample) becomes NaN
         y = np.array([item[2] for item in items], dtype=float)
-        b_flags = [item[3] for item in items]
-        n_flags = [item[4] for item in items]
         unusual = np.isnan(x).any(axis=1) | np.isnan(y).any(axis=1)
-        unusual |= np.array([flag is None for flag in b_flags]) | np.array([flag is None for flag in n_flags])
-        noisy = np.array([bool(a) or bool(b) for a, b in zip(b_flags, n_flags, strict=True)]) & ~unusual
-        for row in np.flatnonzero(noisy):
-            results[items[row][0]].reason = "noisy"
-        for row in np.flatnonzero(unusual):  # the rare slow path: recount, recheck noise, test alone
-            index, _, _, b_noisy, n_noisy = items[row]
-            _judge_one(results, index, x[row], y[row], (b_noisy, n_noisy), (tested, p_values, directions))
-        keep = ~(noisy | unusual)
+        for row in np.flatnonzero(unusual):  # the rare slow path: recount and test alone
+            _judge_one(results, items[row][0], x[row], y[row], min_effect, (tested, p_values, directions))
+        keep = ~unusual
         if not keep.any():
             continue
+        needed = np.maximum(min_effect, np.maximum(_rel_iqr(x[keep]), _rel_iqr(y[keep])))
         u_y, p = mann_whitney_u(x[keep], y[keep])
-        tested += [item[0] for item, kept in zip(items, keep, strict=True) if kept]
+        kept = [item[0] for item, kept in zip(items, keep, strict=True) if kept]
+        for index, effect in zip(kept, needed.tolist(), strict=True):
+            results[index].needed = effect
+        tested += kept
         p_values += p.tolist()
         directions += (u_y - m * k / 2.0).tolist()
     q_values = bh_adjust(p_values)
@@ -266,11 +275,38 @@ def _judge(
         change = result.change or 0.0
         # The test's direction must agree with the medians' (a shift, not only a change of shape).
         agrees = direction != 0 and (direction > 0) == (change > 0)
-        if q <= alpha and abs(change) >= min_effect and agrees:
+        needed = result.needed if result.needed is not None else min_effect
+        if q <= alpha and abs(change) >= needed and agrees:
             result.verdict = "regression" if worse_by(result) > 0 else "improvement"
         else:
             result.verdict = "no change"
     return tested
+
+
+def _judge_normalised(
+    results: list[MetricResult],
+    pending: list[tuple[int, Any, Any]],
+    ratio: float,
+    *,
+    min_effect: float,
+    alpha: float,
+) -> None:
+    """The second column: the same judgement on NEW rescaled to BASE's machine speed (its own BH family)."""
+    shadow = [replace(r) for r in results]
+    scaled: list[tuple[int, Any, Any]] = []
+    for index, xs, ys in pending:
+        r = shadow[index]
+        unit = METRICS[r.metric].unit if r.metric in METRICS else "s"
+        ys_scaled = rescale(ys, ratio, unit)
+        if r.new is not None and r.base:
+            r.new = rescale([r.new], ratio, unit)[0]
+            r.change = r.new / r.base - 1.0
+        r.p = r.q = r.needed = None
+        scaled.append((index, xs, ys_scaled))
+    _judge(shadow, scaled, min_effect=min_effect, alpha=alpha)
+    for index, _, _ in pending:
+        results[index].normalised_change = shadow[index].change
+        results[index].normalised_verdict = shadow[index].verdict
 
 
 def _judge_one(
@@ -278,22 +314,21 @@ def _judge_one(
     index: int,
     x: np.ndarray,
     y: np.ndarray,
-    flags: tuple[bool | None, bool | None],
+    min_effect: float,
     out: tuple[list[int], list[float], list[float]],
 ) -> None:
-    """One metric with null samples or no `.noisy` flag (records not written by this runner)."""
-    result, (b_noisy, n_noisy), (tested, p_values, directions) = results[index], flags, out
+    """One metric with null samples (records not written by this runner, or a sample that failed)."""
+    result, (tested, p_values, directions) = results[index], out
     x, y = x[~np.isnan(x)], y[~np.isnan(y)]
     result.n_base, result.n_new = x.size, y.size
     if x.size < MIN_N or y.size < MIN_N:
         result.reason = f"n<{MIN_N}"
-    elif (_noisy(x) if b_noisy is None else b_noisy) or (_noisy(y) if n_noisy is None else n_noisy):
-        result.reason = "noisy"
-    else:
-        u_y, p = mann_whitney_u(x, y)
-        tested.append(index)
-        p_values.append(float(p[0]))
-        directions.append(float(u_y[0]) - x.size * y.size / 2.0)
+        return
+    result.needed = float(max(min_effect, _rel_iqr(x[None, :])[0], _rel_iqr(y[None, :])[0]))
+    u_y, p = mann_whitney_u(x, y)
+    tested.append(index)
+    p_values.append(float(p[0]))
+    directions.append(float(u_y[0]) - x.size * y.size / 2.0)
 
 
 def _power_notes(results: list[MetricResult], tested: list[int], alpha: float) -> list[str]:
@@ -328,8 +363,19 @@ def gc_paused() -> Iterator[None]:
 
 
 def compare(
-    base_dir: str | Path, new_dir: str | Path, *, min_effect: float = 0.05, alpha: float = 0.01
+    base_dir: str | Path,
+    new_dir: str | Path,
+    *,
+    min_effect: float = 0.05,
+    alpha: float = 0.01,
+    fail_on_confounded: bool = False,
 ) -> Comparison:
     """Compare two run directories; raises CompareError (a StoreError) on bad input."""
     with gc_paused():
-        return compare_runs(RunData.load(base_dir), RunData.load(new_dir), min_effect=min_effect, alpha=alpha)
+        return compare_runs(
+            RunData.load(base_dir),
+            RunData.load(new_dir),
+            min_effect=min_effect,
+            alpha=alpha,
+            fail_on_confounded=fail_on_confounded,
+        )

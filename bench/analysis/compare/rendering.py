@@ -15,7 +15,6 @@ from typing import Any
 from bench.analysis.compare.judging import MEM_ABS_FLOOR_BYTES, MIN_N
 from bench.analysis.compare.results import Comparison, MetricResult, StatusChange
 from bench.errors import EXIT_BAD_INPUT
-from bench.measure.probes import NOISY_REL_IQR
 from bench.schema import METRICS, is_memory
 
 __all__ = [
@@ -75,22 +74,38 @@ def _fmt_evidence(r: MetricResult) -> str:
         return "single value, min-effect only"
     if r.p is None:
         return f"n={r.n_base}/{r.n_new}"
-    return f"p={r.p:.2g}, q={r.q:.2g}, n={r.n_base}/{r.n_new}"
+    needed = f", needs ±{r.needed:.0%}" if r.needed is not None else ""
+    return f"p={r.p:.2g}, q={r.q:.2g}, n={r.n_base}/{r.n_new}{needed}"
 
 
 def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _metric_table(rows: list[MetricResult], limit: int, *, reason: bool = False) -> list[str]:
+def _fmt_normalised(r: MetricResult) -> str:
+    if r.normalised_change is None:
+        return "–"
+    return f"{r.normalised_change * 100:+.1f} % ({r.normalised_verdict})"
+
+
+def _metric_table(
+    rows: list[MetricResult], limit: int, *, reason: bool = False, normalised: bool = False
+) -> list[str]:
     head = "| cell | metric | BASE | NEW | change | " + ("why not judged |" if reason else "evidence |")
-    lines = [head, "|---|---|---:|---:|---:|---|"]
+    rule = "|---|---|---:|---:|---:|---|"
+    if normalised and not reason:
+        head += " normalised by the probe |"
+        rule += "---|"
+    lines = [head, rule]
     for r in rows[:limit]:
         last = r.reason if reason else _fmt_evidence(r)
-        lines.append(
+        line = (
             f"| {_cell(r.cell)} | `{r.metric}` | {_fmt_value(r.metric, r.base)} | "
             f"{_fmt_value(r.metric, r.new)} | {_fmt_change(r)} | {_cell(last)} |"
         )
+        if normalised and not reason:
+            line += f" {_fmt_normalised(r)} |"
+        lines.append(line)
     if len(rows) > limit:
         lines.append(f"\n… and {len(rows) - limit} more (see `--format json`).")
     return lines
@@ -109,7 +124,7 @@ def _status_table(rows: list[StatusChange], limit: int) -> list[str]:
 def summary_line(c: Comparison) -> str:
     """The one line a CI log shows: verdict counts and how cells were matched."""
     counts = c.counts()
-    icon = "❌" if c.exit_code else "✅"
+    icon = "❌" if c.exit_code else ("⚠️" if c.confounded else "✅")
     reasons = ", ".join(
         f"{v} {k.removeprefix('not_judged.')}" for k, v in counts.items() if k.startswith("not_judged.")
     )
@@ -117,6 +132,12 @@ def summary_line(c: Comparison) -> str:
     return (
         f"{icon} {counts['regressions']} regression(s), {counts['improvements']} improvement(s), "
         f"{counts['unchanged']} unchanged, {not_judged} · {c.cells_matched} cells matched by {c.matched_by}"
+        + (
+            f" · confounded by machine drift: {counts['normalised_regressions']} regression(s) once normalised "
+            "by the probe"
+            if c.confounded
+            else ""
+        )
     )
 
 
@@ -126,6 +147,9 @@ def _markdown(c: Comparison, limit: int) -> str:
     if c.commits[0] != c.commits[1] and any(c.commits):
         out[-1] += f" · commit `{str(c.commits[0])[:12]}` → `{str(c.commits[1])[:12]}`"
     out.append("")
+    if c.drift is not None:
+        prefix = "> **Confounded:** " if c.confounded else ""
+        out += [prefix + c.drift.describe(), ""]
     for note in c.notes:
         out.append(f"> **Note:** {note}")
         out.append("")
@@ -147,7 +171,7 @@ def _markdown(c: Comparison, limit: int) -> str:
         if statuses:
             out += [*_status_table(statuses, limit), ""]
         if metrics:
-            out += [*_metric_table(metrics, limit), ""]
+            out += [*_metric_table(metrics, limit, normalised=c.confounded), ""]
     other_status = [s for s in c.status_changes if s.verdict == "changed"]
     if other_status:
         out += [f"<details><summary>Status changed, not judged ({len(other_status)})</summary>", ""]
@@ -155,7 +179,7 @@ def _markdown(c: Comparison, limit: int) -> str:
     unchanged = c.of("no change")
     if unchanged:
         out += [f"<details><summary>Unchanged ({len(unchanged)})</summary>", ""]
-        out += [*_metric_table(unchanged, limit), "", "</details>", ""]
+        out += [*_metric_table(unchanged, limit, normalised=c.confounded), "", "</details>", ""]
     not_judged = c.of("not judged")
     if not_judged:
         out += [f"<details><summary>Not judged ({len(not_judged)})</summary>", ""]
@@ -163,9 +187,9 @@ def _markdown(c: Comparison, limit: int) -> str:
     out.append(
         f"<sub>A metric is a regression or improvement only if a Mann-Whitney U test on its samples "
         f"(Benjamini-Hochberg over {c.tests} tested metrics, q ≤ {c.alpha:g}) and a median change of at "
-        f"least {c.min_effect:.0%} both say so; noisy metrics (IQR/median > {NOISY_REL_IQR:.0%}) and those "
-        f"with n < {MIN_N} are not judged; memory is a single value judged by the {c.min_effect:.0%} "
-        f"minimum effect (and ≥ 1 MiB) only.</sub>"
+        f"least max({c.min_effect:.0%}, the metric's IQR/median in either run) both say so: noise raises the "
+        f"change needed, it does not drop the metric; metrics with n < {MIN_N} are not judged; memory is a "
+        f"single value judged by the {c.min_effect:.0%} minimum effect (and ≥ 1 MiB) only.</sub>"
     )
     return "\n".join(out) + "\n"
 
@@ -211,8 +235,15 @@ def to_dict(c: Comparison) -> dict[str, Any]:
             "test": "mann-whitney-u",
             "correction": "benjamini-hochberg",
             "min_n": MIN_N,
-            "noisy_rel_iqr": NOISY_REL_IQR,
+            "effect_needed": "max(min_effect, relative IQR of BASE, relative IQR of NEW)",
             "memory_abs_floor_bytes": MEM_ABS_FLOOR_BYTES,
+        },
+        "machine_drift": {
+            "ratio": c.drift.ratio if c.drift else None,
+            "probe": c.drift.probe if c.drift else None,
+            "reason": c.drift.reason if c.drift else "not measured",
+            "confounded": c.confounded,
+            "fail_on_confounded": c.fail_on_confounded,
         },
         "summary": c.counts(),
         "exit_code": c.exit_code,

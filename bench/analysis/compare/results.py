@@ -6,6 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from bench.analysis.compare.drift import Drift
 from bench.errors import EXIT_OK, EXIT_REGRESSION
 
 __all__ = ["Comparison", "MetricResult", "StatusChange", "worse_by"]
@@ -30,6 +31,9 @@ class MetricResult:
     q: float | None = None
     verdict: str = "not judged"  # regression, improvement, no change, not judged
     reason: str | None = None
+    needed: float | None = None  # the median change this metric had to show: max(min effect, relative IQR)
+    normalised_change: float | None = None  # with NEW rescaled by the machine-speed ratio (confounded runs)
+    normalised_verdict: str | None = None
 
 
 @dataclass
@@ -64,6 +68,13 @@ class Comparison:
     min_effect: float
     alpha: float
     tests: int  # metrics tested (the BH family size)
+    drift: Drift | None = None  # the machine-speed ratio of the two runs' calibration probes
+    fail_on_confounded: bool = False  # exit 1 when the drift confounds the verdicts
+
+    @property
+    def confounded(self) -> bool:
+        """The machines' speeds differ by more than the minimum effect: verdicts mix code and machine."""
+        return self.drift is not None and self.drift.confounded
 
     def of(self, verdict: str) -> list[MetricResult]:
         """The metric results with this verdict, in judging order."""
@@ -101,12 +112,24 @@ class Comparison:
             "cells_only_in_base": len(self.base_only),
             "cells_only_in_new": len(self.new_only),
             "tests": self.tests,
+            **({"normalised_regressions": len(self.gate_regressions)} if self.confounded else {}),
         }
 
     @property
+    def gate_regressions(self) -> list[MetricResult]:
+        """The metric regressions the exit code rests on: when the machine's drift confounds the raw
+        verdicts, those that remain after rescaling NEW by the probe (the normalised column)."""
+        if self.confounded:
+            return [r for r in self.results if r.normalised_verdict == "regression"]
+        return self.of("regression")
+
+    @property
     def exit_code(self) -> int:
-        """1 when any metric or status regressed, else 0."""
-        return EXIT_REGRESSION if self.of("regression") or self.status_regressions else EXIT_OK
+        """1 when a metric (normalised, when confounded) or a status regressed, or when the drift confounds
+        the verdicts and fail_on_confounded is set; else 0."""
+        confounded_fail = self.fail_on_confounded and self.confounded
+        failed = self.gate_regressions or self.status_regressions or confounded_fail
+        return EXIT_REGRESSION if failed else EXIT_OK
 
 
 def worse_by(r: MetricResult) -> float:

@@ -94,6 +94,7 @@ class Scatter:
     memory_column: str
     memory_name: str
     points: list[tuple[float, float]]  # (peak GiB, median tok/s)
+    spreads: list[tuple[float, float]]  # (p10, p90) tok/s of each point; the median itself when absent
     front: list[int]
     labels: dict[int, str]  # point index -> label, for the front only
 
@@ -108,24 +109,38 @@ def scatter_data(view: View, workload: str) -> Scatter | None:
     if data.empty:
         return None
     points = list(zip((data[mem_column] / 2**30).tolist(), data[rate].tolist(), strict=True))
+    medians = data[rate].tolist()
+    lows = data[f"{rate}.p10"].tolist() if f"{rate}.p10" in data.columns else medians
+    highs = data[f"{rate}.p90"].tolist() if f"{rate}.p90" in data.columns else medians
+    spreads = [
+        (float(lo) if lo == lo and lo is not None else m, float(hi) if hi == hi and hi is not None else m)
+        for m, lo, hi in zip(medians, lows, highs, strict=True)
+    ]
     front = pareto_front(points)
     rows = data.iloc[front]
     texts = [knob_texts(rows, k) for k in view.identity]
     labels = {i: short(" ".join(t[n] for t in texts)) for n, i in enumerate(front)}
-    return Scatter(workload, mem_column, mem_name, points, front, labels)
+    return Scatter(workload, mem_column, mem_name, points, spreads, front, labels)
 
 
 def _draw_scatter(ax: Any, data: Scatter) -> None:
     import numpy as np
 
     xy = np.asarray(data.points, dtype=float)  # an array, not tuples: matplotlib masks tuples point by point
+    spread = np.asarray(data.spreads, dtype=float)
+    if len(xy) <= RASTER_POINTS:  # p10–p90 of every cell: overlapping bars are ties, not rankings
+        yerr = np.vstack([(xy[:, 1] - spread[:, 0]).clip(min=0), (spread[:, 1] - xy[:, 1]).clip(min=0)])
+        ax.errorbar(xy[:, 0], xy[:, 1], yerr=yerr, fmt="none", ecolor="#9aa9bd", elinewidth=0.8, capsize=2)
     ax.scatter(xy[:, 0], xy[:, 1], s=16, color="#7a8ca3", label="cell", rasterized=len(xy) > RASTER_POINTS)
     fx, fy = [data.points[i][0] for i in data.front], [data.points[i][1] for i in data.front]
     ax.plot(fx, fy, drawstyle="steps-post", color="#d0591c", linewidth=1.2)
     ax.scatter(fx, fy, s=40, color="#d0591c", label="Pareto front", zorder=3)
-    if len(data.front) <= 12:
-        for i in data.front:
-            ax.annotate(data.labels[i], data.points[i], fontsize=6, xytext=(3, 3), textcoords="offset points")
+    if len(data.front) <= 12:  # numbers, not names, beside the points (they cannot overlap); names in a key
+        for number, i in enumerate(data.front, start=1):
+            offset = (4, 4) if number % 2 else (4, -9)
+            ax.annotate(str(number), data.points[i], fontsize=7, xytext=offset, textcoords="offset points")
+        key = "\n".join(f"{number}: {data.labels[i]}" for number, i in enumerate(data.front, start=1))
+        ax.text(1.0, -0.16, key, transform=ax.transAxes, fontsize=6, ha="right", va="top")
     ax.set_xlabel(f"peak memory ({data.memory_name}), GiB", fontsize=8)
     ax.set_ylabel("tok/s (median)", fontsize=8)
     ax.set_title(data.workload, fontsize=10)
@@ -140,12 +155,14 @@ def scatter_plot(view: View) -> Plot | None:
     panels = [d for d in (scatter_data(view, w) for w in WORKLOADS) if d is not None]
     if not panels:
         return None
-    fig = _new_figure(4.2 * len(panels), 4.0)
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.13, top=0.86, wspace=0.3)
+    keys = max((len(d.front) for d in panels if len(d.front) <= 12), default=0)
+    height = 4.0 + 0.11 * keys
+    fig = _new_figure(4.2 * len(panels), height)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=(0.55 + 0.11 * keys) / height, top=0.86, wspace=0.3)
     for position, data in enumerate(panels, start=1):
         _draw_scatter(fig.add_subplot(1, len(panels), position), data)
     fig.suptitle("peak memory vs throughput", fontsize=11)
-    caption = "Peak memory against median tok/s of the ok cells. " + " ".join(
+    caption = "Peak memory against median tok/s of the ok cells, bars from p10 to p90. " + " ".join(
         f"{d.workload}: {len(d.points)} cell(s), {len(d.front)} on the Pareto front (no other cell uses less "
         f"memory, {d.memory_column}, and is faster)."
         for d in panels

@@ -45,6 +45,8 @@ __all__ = [
     "best_flags",
     "knob_texts",
     "peak_source",
+    "random_weights",
+    "separable_best",
     "status_table",
     "summary_facts",
     "title",
@@ -133,11 +135,34 @@ def best_flags(values: list[Any], rule: str) -> list[bool] | None:
     return [n == target for n in nums]
 
 
+def separable_best(
+    medians: list[Any], lows: list[Any], highs: list[Any], rule: str
+) -> tuple[list[bool] | None, int]:
+    """Best flags only when the best row's p10–p90 interval clears every other row's; else (None, ties).
+
+    A median that wins while its interval overlaps another cell's is no winner: the two are tied.
+    """
+    flags = best_flags(medians, rule)
+    if flags is None or sum(flags) != 1:
+        return flags, 0
+    best = flags.index(True)
+    lo, hi = number(lows[best]), number(highs[best])
+    if lo is None or hi is None:
+        return flags, 0  # no interval recorded: a single value, compared as such
+    others = [i for i in range(len(medians)) if i != best and number(medians[i]) is not None]
+    if rule == "max":  # another cell's p90 reaches the best's p10
+        ties = sum(1 for i in others if (number(highs[i]) or number(medians[i]) or 0.0) >= lo)
+    else:  # another cell's p10 reaches down to the best's p90
+        ties = sum(1 for i in others if (number(lows[i]) or number(medians[i]) or 0.0) <= hi)
+    return (None, ties) if ties else (flags, 0)
+
+
 def _measured(
     header: str, frame: pd.DataFrame, name: str | None, fmt: Callable[[Any], str], rule: str
 ) -> Column:
     values = _values(frame, name)
-    return Column(header, [fmt(v) for v in values], best_flags(values, rule), numeric=True)
+    flags, _ = separable_best(values, _values(frame, f"{name}.p10"), _values(frame, f"{name}.p90"), rule)
+    return Column(header, [fmt(v) for v in values], flags, numeric=True)
 
 
 def peak_source(frame: pd.DataFrame, workload: str) -> tuple[str | None, str]:
@@ -160,7 +185,8 @@ def _rate_column(frame: pd.DataFrame, workload: str) -> Column:
         low, high = fmt_rate_bare(p10), fmt_rate_bare(p90)
         spread = "" if MISSING in (low, high) else f" ({low}–{high})"
         texts.append(fmt_rate(median) + spread)
-    return Column("tok/s (p10–p90)", texts, best_flags(medians, "max"), numeric=True)
+    flags, _ = separable_best(medians, _values(frame, f"{rate}.p10"), _values(frame, f"{rate}.p90"), "max")
+    return Column("tok/s (p10–p90)", texts, flags, numeric=True)
 
 
 def _status_column(frame: pd.DataFrame, workload: str) -> Column:
@@ -192,9 +218,29 @@ def workload_table(view: View, workload: str) -> Table | None:
         _rate_column(measured, workload),
     ]
     quality = [q for q in QUALITY_BEST if q in measured.columns and measured[q].notna().any()]
-    columns += [_measured(q, measured, q, fmt_plain, QUALITY_BEST[q]) for q in quality]
+    if random_weights(measured):  # divergence from the reference, not accuracy: nothing to crown
+        columns += [
+            Column(f"{q} (numeric divergence only)", [fmt_plain(v) for v in _values(measured, q)], None, True)
+            for q in quality
+        ]
+    else:
+        columns += [_measured(q, measured, q, fmt_plain, QUALITY_BEST[q]) for q in quality]
     columns.append(_status_column(measured, workload))
     return Table(workload, columns, _workload_notes(view, measured, unmeasured, workload, mem_column))
+
+
+def random_weights(frame: pd.DataFrame) -> bool:
+    """The cells ran on random (synthetic) weights: quality columns measure numeric divergence only."""
+    if "weights" in frame.columns and (frame["weights"] == "random").any():
+        return True
+    notes = frame["quality.note"].dropna().astype(str) if "quality.note" in frame.columns else []
+    return any("synthetic" in note or "random" in note for note in notes)
+
+
+def _ties(frame: pd.DataFrame, name: str, rule: str) -> int:
+    return separable_best(
+        _values(frame, name), _values(frame, f"{name}.p10"), _values(frame, f"{name}.p90"), rule
+    )[1]
 
 
 def _workload_notes(
@@ -202,9 +248,25 @@ def _workload_notes(
 ) -> list[str]:
     """The first note explains the columns; the rest name ok cells without this workload and why."""
     source = f"peak memory is {mem_column}" if mem_column else "no cell recorded its peak memory"
-    notes = [
-        f"{len(measured)} ok cell(s); {source}; load is load.model_s; bold marks the best value in its column."
-    ]
+    first = (
+        f"{len(measured)} ok cell(s); {source}; load is load.model_s; bold marks the best value in its column "
+        "only where its p10–p90 interval clears every other cell's."
+    )
+    for name, rule, what in (
+        (f"{workload}.tokens_per_s", "max", "tok/s"),
+        ("load.model_s", "min", "load"),
+    ):
+        ties = _ties(measured, name, rule)
+        if ties:
+            first += (
+                f" {what}: the best median is tied with {ties} other cell(s) (p10–p90 overlap), no winner."
+            )
+    if random_weights(measured):
+        first += (
+            " Random (synthetic) weights: the quality columns show numeric divergence from the reference "
+            "only, not task accuracy."
+        )
+    notes = [first]
     reasons = [
         c for c in (f"{workload}.skipped_reason", f"{workload}.tokens_per_s.reason") if c in unmeasured
     ]
