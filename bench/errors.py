@@ -26,7 +26,9 @@ __all__ = [
 EXIT_OK = 0
 EXIT_REGRESSION = 1  # compare found a significant regression
 EXIT_BAD_INPUT = 2  # the input cannot be used as asked (one sentence on stderr)
-EXIT_INCOMPLETE = 3  # `run` ended with planned cells that have no final record (`missing`; --resume runs them)
+EXIT_INCOMPLETE = (
+    3  # `run` ended with planned cells that have no final record (`missing`; --resume runs them)
+)
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
