@@ -13,6 +13,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from bench.cli import main
 from bench.plan.matrix import MatrixSpec, Shape
 from bench.run.session import RunRequest, run_matrix
@@ -203,6 +205,7 @@ def test_two_runners_on_one_directory_never_duplicate(tiny_llama, tmp_path) -> N
     assert_each_cell_once(out, 4)
 
 
+@pytest.mark.slow
 def test_plain_progress_when_not_a_terminal(tiny_llama, tmp_path) -> None:
     out = tmp_path / "run"
     env = {**os.environ, "LOADBENCH_CACHE": str(tiny_llama.parent.parent)}
