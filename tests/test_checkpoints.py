@@ -370,6 +370,7 @@ def _build_in_child(cache: str, barrier: Any, results: Any) -> None:
     results.put(str(make_checkpoint("tiny-llama", cache_dir=cache)))
 
 
+@pytest.mark.slow
 def test_concurrent_builders_share_one_complete_checkpoint(tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)

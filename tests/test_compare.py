@@ -268,6 +268,7 @@ def _loadbench_alarm(base: list[dict[str, Any]], new: list[dict[str, Any]]) -> b
     return compare_runs(_in_memory(base), _in_memory(new)).exit_code == EXIT_REGRESSION
 
 
+@pytest.mark.slow
 def test_false_alarms_against_the_fixed_threshold_and_previous_commit_anchors(record_property: Any) -> None:
     """Seeded trials of a 24-cell CPU matrix (7 timed metrics a cell), lognormal noise sigma 0.05, n = 20.
 
@@ -308,6 +309,7 @@ def test_false_alarms_against_the_fixed_threshold_and_previous_commit_anchors(re
     assert previous_commit_slow == 0.0, rates
 
 
+@pytest.mark.slow
 def test_two_real_runs_of_the_same_configuration_have_no_significant_regression(
     tmp_path: Path, tiny_llama: Path
 ) -> None:

@@ -8,6 +8,8 @@ from bench.cli import main
 from bench.plan.matrix import load_preset
 from bench.run.store import FINAL_STATUSES, RunStore
 
+pytestmark = pytest.mark.slow
+
 TIMED = [
     "prefill.latency_s",
     "prefill.tokens_per_s",

@@ -47,7 +47,7 @@ def test_auto_dtype_is_the_checkpoint_dtype(tiny_llama) -> None:
     assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa", "flex_attention"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa", pytest.param("flex_attention", marks=pytest.mark.slow)])
 def test_attention_implementation_is_used(tiny_llama, attn) -> None:
     model = get_model(LoadConfig(str(tiny_llama), attn_implementation=attn))
     assert model.config._attn_implementation == attn

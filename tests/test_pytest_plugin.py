@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.slow
 def test_matrix_under_pytest_benchmark(tiny_llama, tmp_path) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text(

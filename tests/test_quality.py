@@ -149,6 +149,7 @@ def test_bf16_against_fp32_reference(reference: Path, tiny_llama: Path) -> None:
     assert math.isfinite(q["quality.ppl_delta"])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _bnb_cpu(), reason="bitsandbytes has no backend on this host")
 def test_nf4_and_8bit_against_reference(reference: Path, tiny_llama: Path) -> None:
     """Reported, not ordered: what nf4 and 8-bit measure against the float32 reference here."""

@@ -210,6 +210,7 @@ def test_two_runners_on_one_directory_never_duplicate(tiny_llama, tmp_path) -> N
     assert_each_cell_once(out, 4)
 
 
+@pytest.mark.slow
 def test_plain_progress_when_not_a_terminal(tiny_llama, tmp_path) -> None:
     out = tmp_path / "run"
     env = {**os.environ, "LOADBENCH_CACHE": str(tiny_llama.parent.parent)}
