@@ -14,6 +14,10 @@ from typing import Literal
 
 __all__ = [
     "ALL_STATUSES",
+    "CI_LEVEL",
+    "DECODE_CACHE_COLUMN",
+    "DRIFT_KEY",
+    "DRIFT_POINTS",
     "FAILED_STATUSES",
     "FINAL_STATUSES",
     "KNOBS",
@@ -23,8 +27,10 @@ __all__ = [
     "NON_FINAL_STATUSES",
     "PEAK_SOURCES",
     "PHASES",
+    "SAMPLE_SUFFIXES",
     "SCHEMA_VERSION",
     "STATUSES",
+    "STOP_REASONS",
     "WORKLOADS",
     "Metric",
     "cell_label",
@@ -94,7 +100,8 @@ def _m(name: str, unit: str, better: Better | None, kind: Kind, sampled: bool = 
 _FIXED: tuple[Metric, ...] = (
     _m("load.tokenizer_s", "s", "lower", "time"),
     _m("load.config_s", "s", "lower", "time"),
-    _m("load.model_s", "s", "lower", "time"),
+    _m("load.model_s", "s", "lower", "time", sampled=True),  # repeated loads, warm page cache
+    _m("load.model_first_s", "s", "lower", "time"),  # the cell's first (coldest) load, kept apart
     _m("load.first_forward_s", "s", "lower", "time"),
     _m("load.read_floor_s", "s", "lower", "time"),
     _m("load.read_floor_bytes", "bytes", None, "memory"),
@@ -117,6 +124,27 @@ _FIXED: tuple[Metric, ...] = (
     _m("quality.ppl", "ratio", "lower", "quality"),
     _m("quality.ppl_delta", "ratio", None, "quality"),
 )
+# --- samples ---------------------------------------------------------------------------------------------
+# The companions a sampled metric keeps beside its median: `<metric>.<suffix>`.
+# ci_low/ci_high: the CI_LEVEL confidence interval of the median from order statistics (distribution-free);
+# blocks: how many time-separated blocks the samples were taken in; stop: why sampling stopped.
+SAMPLE_SUFFIXES = ("p10", "p90", "iqr", "n", "noisy", "samples", "ci_low", "ci_high", "blocks", "stop")
+CI_LEVEL = 0.95
+# `<metric>.stop`: "settled" (the median's interval is narrow and the block medians agree), "max_n" (the
+# sample cap came first), "budget" (the time budget ran out before it settled: the interval is the honest
+# width, do not read the median alone), "fixed" (a caller asked for exactly n samples).
+STOP_REASONS = ("settled", "max_n", "budget", "fixed")
+# Whether decode ran with the KV cache (the resolved value of the `use_cache` knob), on every decode record.
+DECODE_CACHE_COLUMN = "decode.use_cache"
+
+# --- run.json: machine drift --------------------------------------------------------------------------------
+# run.json[DRIFT_KEY] = {"start": probe, "end": probe, "end_over_start": float | None}: a fixed calibration
+# probe measured before the first cell and after the last. probe = {"probe": name, "speed": float (higher is
+# faster), "unit": str, "samples": [...], "method": str, "at": ISO time} or {"reason": str} when it failed.
+# Two runs' machine-speed ratio is new.start.speed / base.start.speed (same probe name only).
+DRIFT_KEY = "drift"
+DRIFT_POINTS = ("start", "end")
+
 # Measured memory sources per phase; estimates are predictions, not measurements, and are not judged.
 MEMORY_SOURCES = (
     "rss_bytes",
