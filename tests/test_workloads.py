@@ -48,6 +48,10 @@ def test_decode_state_is_reset_per_call(model) -> None:
     assert first["decode.ttft_s.n"] == second["decode.ttft_s.n"] == 5  # no samples carried over
     assert first["decode.tokens_per_s.n"] == second["decode.tokens_per_s.n"] == 5
     assert len(second["decode.tpot_s.samples"]) == 5
+    # every decode series says how it was sampled, as the generations it came from were
+    for metric in ("decode.ttft_s", "decode.tpot_s", "decode.tokens_per_s"):
+        assert second[f"{metric}.stop"] == "fixed" and second[f"{metric}.blocks"] >= 1, metric
+    assert first["decode.use_cache"] is True
 
 
 def test_train_throughput_is_tokens_over_the_time_of_those_tokens(model) -> None:

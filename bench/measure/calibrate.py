@@ -72,7 +72,9 @@ def calibrate() -> dict[str, Any]:
 
 # -- machine drift --------------------------------------------------------------------------------
 
-DRIFT_CPU_N = 384  # fp32, one thread: ~0.1 GFLOP per call, a few ms on a current core
+# fp32, one thread: ~0.9 GFLOP per call, ~15 ms on a current core: long enough that one sample spans several
+# scheduler slices, so on a shared machine it measures the share of a core this process gets, not luck.
+DRIFT_CPU_N = 768
 
 
 def _cpu_drift() -> dict[str, Any]:
@@ -86,7 +88,7 @@ def _cpu_drift() -> dict[str, Any]:
     b = torch.randn(DRIFT_CPU_N, DRIFT_CPU_N, generator=gen)
     flops = 2 * DRIFT_CPU_N**3
     stats = measure(
-        lambda: torch.mm(a, b), Budget(min_n=10, max_n=300, seconds=1.0, min_seconds=0.3, warmup=3)
+        lambda: torch.mm(a, b), Budget(min_n=10, max_n=300, seconds=1.0, min_seconds=0.3, warmup=2)
     )
     return {
         "probe": "cpu-matmul-fp32-1t",
@@ -94,7 +96,7 @@ def _cpu_drift() -> dict[str, Any]:
         "unit": "GFLOP/s",
         "samples": [flops / s / 1e9 for s in stats.samples],
         "stop": stats.stop,
-        "method": f"median of timed {DRIFT_CPU_N}^3 float32 torch.mm on 1 thread, after 3 warm-ups, "
+        "method": f"median of timed {DRIFT_CPU_N}^3 float32 torch.mm on 1 thread, after 2 warm-ups, "
         "under loadbench's stop rule (bench.measure.probes)",
     }
 
