@@ -145,7 +145,7 @@ DECODE_CACHE_COLUMN = "decode.use_cache"
 # run.json[DRIFT_KEY] = {"start": probe, "end": probe, "end_over_start": float | None}: a fixed calibration
 # probe measured before the first cell and after the last. probe = {"probe": name, "speed": float (higher is
 # faster), "unit": str, "samples": [...], "method": str, "at": ISO time} or {"reason": str} when it failed.
-# Two runs' machine-speed ratio is new.start.speed / base.start.speed (same probe name only).
+# Two runs' machine-speed ratio is the mean of new's points over the mean of base's (same probe name only).
 DRIFT_KEY = "drift"
 DRIFT_POINTS = ("start", "end")
 

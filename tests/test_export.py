@@ -72,8 +72,10 @@ def test_layout_has_every_key_pytest_benchmark_writes(grid_run: Path, real_layou
 def test_one_benchmark_per_ok_cell_and_timed_metric_from_its_samples(grid_run: Path) -> None:
     document = json.loads(export.export_pytest_benchmark(grid_run).read_text())
     benchmarks = document["benchmarks"]
-    assert len(benchmarks) == 8 * len(export.TIMED_METRICS)  # 8 ok cells; skipped/oom/error export nothing
-    assert {b["group"] for b in benchmarks} == set(export.TIMED_METRICS)
+    # 8 ok cells; skipped/oom/error export nothing; these records' single load time has no samples
+    workloads = [m for m in export.TIMED_METRICS if m != "load.model_s"]
+    assert len(benchmarks) == 8 * len(workloads)
+    assert {b["group"] for b in benchmarks} == set(workloads)
     records = {r["cell_id"]: r for r in grid_records()}
     for bench in benchmarks:
         record = records[bench["extra_info"]["cell_id"]]
@@ -90,6 +92,19 @@ def test_a_metric_without_samples_is_left_out(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run", [record])
     groups = [b["group"] for b in export.pytest_benchmark(*_frame_and_meta(run))["benchmarks"]]
     assert groups == ["prefill.latency_s", "train.step_s", "decode.ttft_s"]
+
+
+def test_load_time_is_a_benchmark_from_its_samples(tmp_path: Path) -> None:
+    loads = [0.21, 0.2, 0.19, 0.2, 0.22, 0.2]
+    record = make_record(**{"load.model_s": 0.2, "load.model_s.samples": loads, "load.model_s.n": 6})
+    run = make_run(tmp_path / "run", [record])
+    benchmarks = export.pytest_benchmark(*_frame_and_meta(run))["benchmarks"]
+    load = next(b for b in benchmarks if b["group"] == "load.model_s")
+    assert load["stats"]["data"] == loads and load["stats"]["rounds"] == 6
+    assert load["stats"]["median"] == pytest.approx(0.2)
+    assert load["name"].startswith("load.model_s[tiny-llama/")
+    smaller = export.github_action_benchmark(_frame_and_meta(run)[0])["smaller"]
+    assert sum(e["name"].startswith("load.model_s [") for e in smaller) == 1  # one point, not two
 
 
 def _frame_and_meta(run: Path) -> tuple[Any, dict[str, Any]]:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.measure import probes
-from bench.measure.probes import Budget, PhaseMemory, Stats, measure, reset_rss_peak
+from bench.measure.probes import Budget, PhaseMemory, Sampler, Stats, measure, median_ci_ranks, reset_rss_peak
 
 samples_st = st.lists(
     st.floats(min_value=1e-6, max_value=1e3, allow_nan=False, allow_infinity=False), min_size=2, max_size=60
@@ -70,6 +70,10 @@ def test_columns_names() -> None:
         "prefill.latency_s.n",
         "prefill.latency_s.noisy",
         "prefill.latency_s.samples",
+        "prefill.latency_s.ci_low",
+        "prefill.latency_s.ci_high",
+        "prefill.latency_s.blocks",
+        "prefill.latency_s.stop",
     }
     assert cols["prefill.latency_s.samples"] == [1.0, 2.0, 3.0]
 
@@ -202,15 +206,102 @@ def test_stops_early_when_the_spread_is_tiny(clock: FakeClock) -> None:
     assert stats.samples == [0.5] * 6
 
 
-def test_stops_once_the_spread_settles_below_the_target(clock: FakeClock) -> None:
-    # three noisy samples, then steady ones: stops as soon as the relative IQR reaches the target
-    costs = [1.0, 3.0, 9.0] + [2.0] * 100
+def test_a_lull_does_not_stop_the_sampler(clock: FakeClock) -> None:
+    # Issue 13's case: five samples agree within 5 % in a quiet moment, then the machine is 40 % slower
+    # and noisy. The old rule (5 consecutive samples within 5 %) stopped at n = 5 on the lull.
+    rng = np.random.default_rng(7)
+    lull = [1.0, 1.01, 0.99, 1.0, 1.02]
+    after = (1.4 * rng.lognormal(0.0, 0.15, size=500)).tolist()
+    fn, _ = counter(clock, lull + after)
+    stats = measure(fn, Budget(min_n=5, max_n=500, seconds=60.0, min_seconds=2.0, warmup=0))
+    assert stats.n > 5
+    assert stats.stop == "budget"  # it never settled, and says so
+    _, hi = stats.ci()
+    assert hi > 1.2  # the interval reaches the slower machine instead of hiding it
+    assert stats.columns("x")["x.stop"] == "budget"
+
+
+def test_a_step_drift_between_blocks_keeps_sampling(clock: FakeClock) -> None:
+    # Tight samples, but the machine steps 10 % slower inside the minimum sampling time: the block
+    # medians disagree, so the rule never settles on either level and says so.
+    costs = [0.1] * 8 + [0.11] * 1000
     fn, _ = counter(clock, costs)
-    budget = Budget(min_n=3, max_n=100, seconds=1e9, target_rel_iqr=0.05, warmup=0)
+    stats = measure(fn, Budget(min_n=6, max_n=1000, seconds=5.0, min_seconds=1.0, warmup=0))
+    assert stats.n > 12  # the old rule stopped at 5 (five equal samples)
+    assert stats.stop == "budget"
+    medians = Stats(stats.samples, block_ids=stats.block_ids).block_medians()
+    assert min(medians) == pytest.approx(0.1) and max(medians) == pytest.approx(0.11)
+    assert len(set(stats.block_ids or [])) >= 3
+
+
+def test_a_stable_sequence_stops_once_the_interval_is_narrow(clock: FakeClock) -> None:
+    rng = np.random.default_rng(3)
+    costs = (0.02 * rng.lognormal(0.0, 0.03, size=2000)).tolist()  # ~3 % noise, no drift
+    fn, _ = counter(clock, costs)
+    budget = Budget(min_n=5, max_n=2000, seconds=30.0, min_seconds=0.3, warmup=0)
     stats = measure(fn, budget)
-    assert Stats(stats.samples).rel_iqr <= 0.05
-    assert Stats(stats.samples[:-1]).rel_iqr > 0.05
-    assert stats.n < 100
+    assert stats.stop == "settled"
+    assert stats.n < 100  # well before the cap or the budget
+    assert sum(stats.samples) >= 0.3  # but not before the minimum sampling time
+    lo, hi = stats.ci()
+    assert stats.median * 0.95 <= lo <= stats.median <= hi <= stats.median * 1.05
+    assert len(set(stats.block_ids or [])) >= 3
+
+
+def test_blocks_are_recorded_and_carried_by_map(clock: FakeClock) -> None:
+    fn, _ = counter(clock, [0.5])
+    stats = measure(fn, Budget(min_n=6, max_n=50, seconds=1e9, min_seconds=0.0, warmup=0))
+    assert stats.block_ids == [0, 0, 1, 1, 2, 2]
+    rate = stats.map(lambda s: 1 / s)
+    cols = rate.columns("r")
+    assert cols["r.blocks"] == 3 and cols["r.stop"] == "settled"
+    assert cols["r.ci_low"] == cols["r.ci_high"] == 2.0
+
+
+def test_sampler_blocks_can_be_spread_and_run_untimed_work_before_each_sample(clock: FakeClock) -> None:
+    fn, calls = counter(clock, [0.5])
+    untimed: list[float] = []
+
+    def before() -> None:
+        clock.now += 10.0  # e.g. freeing the previous model: never inside a sample
+        untimed.append(clock.now)
+
+    sampler = Sampler(Budget(min_n=5, max_n=50, seconds=3.0, min_seconds=0.0, warmup=0))
+    while not sampler.done:
+        sampler.block(fn, before=before)
+        clock.now += 100.0  # other work of the cell between blocks does not count either
+    stats = sampler.stats()
+    assert stats.samples == [0.5] * stats.n and stats.n == len(untimed) == calls[0]
+    assert stats.n == 6 and stats.stop == "settled"
+
+
+def test_sampler_budget_spans_blocks_not_the_gaps_between_them(clock: FakeClock) -> None:
+    fn, _ = counter(clock, SPREAD)
+    sampler = Sampler(Budget(min_n=3, max_n=1000, seconds=30.0, min_seconds=0.0, warmup=0))
+    while not sampler.done:
+        sampler.block(fn)
+        clock.now += 1000.0
+    assert sampler.stop == "budget"
+    assert 30.0 <= sum(sampler.samples) < 30.0 + max(SPREAD)
+
+
+@pytest.mark.parametrize(
+    ("n", "ranks"), [(5, (0, 4)), (6, (0, 5)), (8, (0, 7)), (9, (1, 7)), (20, (5, 14)), (100, (39, 60))]
+)
+def test_median_interval_ranks_match_the_binomial_table(n: int, ranks: tuple[int, int]) -> None:
+    # 1-based tables: n=9 -> x(2), x(8); n=20 -> x(6), x(15); n=100 -> x(40), x(61)
+    assert median_ci_ranks(n) == ranks
+
+
+@pytest.mark.parametrize("n", [6, 9, 15, 40])
+def test_median_interval_covers_the_true_median_at_least_95_percent(n: int) -> None:
+    rng = np.random.default_rng(n)
+    draws = rng.exponential(size=(20000, n))  # skewed: the interval must not assume symmetry
+    lo, hi = median_ci_ranks(n)
+    ordered = np.sort(draws, axis=1)
+    true_median = np.log(2.0)
+    covered = np.mean((ordered[:, lo] <= true_median) & (true_median <= ordered[:, hi]))
+    assert 0.95 <= covered < 0.995, covered
 
 
 def test_window_follows_the_fake_clock(clock: FakeClock) -> None:

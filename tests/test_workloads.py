@@ -48,6 +48,10 @@ def test_decode_state_is_reset_per_call(model) -> None:
     assert first["decode.ttft_s.n"] == second["decode.ttft_s.n"] == 5  # no samples carried over
     assert first["decode.tokens_per_s.n"] == second["decode.tokens_per_s.n"] == 5
     assert len(second["decode.tpot_s.samples"]) == 5
+    # every decode series says how it was sampled, as the generations it came from were
+    for metric in ("decode.ttft_s", "decode.tpot_s", "decode.tokens_per_s"):
+        assert second[f"{metric}.stop"] == "fixed" and second[f"{metric}.blocks"] >= 1, metric
+    assert first["decode.use_cache"] is True
 
 
 def test_train_throughput_is_tokens_over_the_time_of_those_tokens(model) -> None:
@@ -172,7 +176,14 @@ def test_worker_trains_4bit_on_a_fresh_model_after_eval_phases(tiny_llama) -> No
     out = run_cell(cell, tiny_llama, Budget(min_n=5, max_n=5, seconds=0), sent.append)
     assert out["train.tokens_per_s"] > 0 and out["train.trainable_params"] > 0
     assert out.get("train.fresh_model") is (True if _has_avx512_bf16() else None)
-    assert [m.phase for m in sent if isinstance(m, PhaseStarted)] == ["load", "prefill", "decode", "train"]
+    # the repeated loads come after the workloads, in a second "load" phase
+    assert [m.phase for m in sent if isinstance(m, PhaseStarted)] == [
+        "load",
+        "prefill",
+        "decode",
+        "train",
+        "load",
+    ]
     assert {m.phase for m in sent if isinstance(m, WindowMeasured)} == {"prefill", "decode", "train"}
 
 
@@ -191,6 +202,36 @@ def test_worker_records_threads_read_back_and_load_split(tiny_llama) -> None:
     ):
         assert out[key] > 0, key
     assert out["load.model_over_floor"] == pytest.approx(out["load.model_s"] / out["load.read_floor_s"])
+    # load.model_s is sampled like every timed metric; the first load is kept apart, not a sample
+    assert out["load.model_s.n"] == 5 == len(out["load.model_s.samples"])
+    assert out["load.model_s.stop"] == "fixed"
+    assert out["load.model_first_s"] > 0 and out["load.model_first_s"] not in out["load.model_s.samples"]
+    assert out["load.model_s.ci_low"] <= out["load.model_s"] <= out["load.model_s.ci_high"]
     assert out["load.page_cache"] == "warm"
     weights = sum(p.stat().st_size for p in tiny_llama.glob("*.safetensors"))
     assert 0 < out["load.read_floor_bytes"] <= weights
+
+
+def test_repeated_loads_free_the_previous_model_before_timing_the_next() -> None:
+    import weakref
+
+    from bench.measure.cell import sample_loads
+
+    class Model:
+        def __init__(self) -> None:
+            self.weights = torch.zeros(1 << 20)
+            self.me = self  # a reference cycle, as modules with hooks have: only gc frees it
+
+    alive: list[weakref.ref[Model]] = []
+    seen_alive: list[int] = []
+
+    def load() -> Model:
+        seen_alive.append(sum(r() is not None for r in alive))
+        model = Model()
+        alive.append(weakref.ref(model))
+        return model
+
+    stats = sample_loads(load, Budget(min_n=6, max_n=6, seconds=0.0, warmup=3), lambda: None)
+    assert stats.n == 6 == len(seen_alive)  # no warm-up load: the cell's first load is the warm-up
+    assert seen_alive == [0] * 6  # every load started with no earlier model alive
+    assert all(r() is None for r in alive)  # and the last one is freed too

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import time
 import traceback
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import torch
 import transformers
 
 from bench.measure.outcome import CellOutcome, Emit, ErrorInfo, PhaseStarted, WindowMeasured
-from bench.measure.probes import Budget, PhaseMemory, current_rss_bytes, synchronizer
+from bench.measure.probes import Budget, PhaseMemory, Sampler, Stats, current_rss_bytes, synchronizer
 from bench.measure.quality import quality_or_reason
 from bench.measure.workloads import (
     InvalidMeasurement,
@@ -116,16 +117,17 @@ def run_cell(
     start = time.perf_counter()
     transformers.AutoConfig.from_pretrained(checkpoint)
     out["load.config_s"] = time.perf_counter() - start
+    training = "train" in cell.workloads and "train" not in dict(cell.dropped)
     start = time.perf_counter()
-    model = get_model(config, caps, training="train" in cell.workloads and "train" not in dict(cell.dropped))
+    model = get_model(config, caps, training=training)
     sync()
-    out["load.model_s"] = time.perf_counter() - start
-    out["load.model_over_floor"] = out["load.model_s"] / out["load.read_floor_s"]
+    out["load.model_first_s"] = time.perf_counter() - start
     out["mem.footprint_bytes"] = int(model.get_memory_footprint())
     out["params"] = sum(p.numel() for p in model.parameters())
     vocab = min(len(tokenizer), model.config.vocab_size)
     ids = make_inputs(vocab, cell.shape.batch, cell.shape.seq, device)
     work = Workload(model, ids, cell.shape.new_tokens, budget, sync, tokenizer.pad_token_id)
+    del model  # work.model is the one reference, so replacing it frees the model
     out["load.first_forward_s"] = first_forward(work)
     out.update(mem.columns("load"))
     # One extra no-grad pass over the evaluation text, before any training step changes the weights.
@@ -154,7 +156,37 @@ def run_cell(
         for window in work.windows:
             emit(WindowMeasured(**window))
         work.windows.clear()
+
+    # Repeated loads come last, so no workload's peak sees memory a freed model left in the allocator.
+    emit(PhaseStarted("load"))
+    work.model = None
+    loads = sample_loads(lambda: get_model(config, caps, training=training), budget, sync)
+    out.update(loads.columns("load.model_s"))
+    out["load.model_over_floor"] = loads.median / out["load.read_floor_s"]
     return out
+
+
+def sample_loads(load: Callable[[], Any], budget: Budget, sync: Callable[[], None]) -> Stats:
+    """load.model_s: repeated loads with the page cache warm, each after the previous model is freed
+    (untimed), under the same stop rule as every timed metric. The first load of the cell is timed
+    apart (load.model_first_s) and serves as the warm-up; the load phase's memory peaks are its own."""
+    sampler = Sampler(Budget(**{**vars(budget), "warmup": 0}), sync)
+    held: list[Any] = []
+
+    def free() -> None:
+        # `held` has the only reference, so clearing it frees the model; a full gc.collect() costs seconds
+        # on a loaded machine (hundreds of thousands of objects), so it runs only if a cycle kept it alive.
+        alive = [weakref.ref(held[0])] if held else []
+        held.clear()
+        if any(ref() is not None for ref in alive):
+            gc.collect()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+
+    while not sampler.done:
+        sampler.block(lambda: held.append(load()), before=free)
+    free()
+    return sampler.stats()
 
 
 def warm_page_cache(files: list[Path]) -> None:

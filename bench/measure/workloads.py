@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from bench.measure.probes import Budget, Stats, measure
+from bench.schema import DECODE_CACHE_COLUMN
 
 
 class InvalidMeasurement(RuntimeError):
@@ -244,14 +245,19 @@ def decode(w: Workload, use_cache: bool) -> dict[str, Any]:
     runs = runs[w.budget.warmup :]
     batch = w.input_ids.shape[0]
     w.add_window("decode", timed, batch * w.new_tokens)
-    total = Stats([r[2] for r in runs])
+
+    # every per-run series keeps the blocks and stop reason of the generations it came from
+    def series(i: int) -> Stats:
+        return Stats([r[i] for r in runs], block_ids=timed.block_ids, stop=timed.stop)
+
+    total = series(2)
     out = {
-        "decode.use_cache": use_cache,
-        **Stats([r[0] for r in runs]).columns("decode.ttft_s"),
+        DECODE_CACHE_COLUMN: use_cache,
+        **series(0).columns("decode.ttft_s"),
         **total.map(lambda s: batch * w.new_tokens / s).columns("decode.tokens_per_s"),
     }
     if w.new_tokens > 1:
-        out.update(Stats([r[1] for r in runs]).columns("decode.tpot_s"))
+        out.update(series(1).columns("decode.tpot_s"))
     else:
         out.update(
             {"decode.tpot_s": None, "decode.tpot_s.reason": "new_tokens=1 has no second token to time"}

@@ -16,10 +16,11 @@ from bench.measure.sampler import NvmlSampler, gpu_state
 from bench.plan.matrix import Cell
 from bench.plan.planning import Plan
 from bench.run.faults import faults_from_environment
-from bench.run.node import gpu_samplers, prepare_node
+from bench.run.node import drift_record, gpu_samplers, prepare_node, run_drift_probe
 from bench.run.progress import Progress
 from bench.run.runner import Runner, RunOptions
 from bench.run.store import RunStore
+from bench.schema import DRIFT_KEY
 
 
 class Executor(Protocol):
@@ -62,6 +63,8 @@ class LocalExecutor:
         self.samplers: dict[int, NvmlSampler] = {}
         self.runner: Runner | None = None
         self.how = ""
+        self.ctx: Any = None
+        self.drift_start: dict[str, Any] | None = None
 
     def start(self) -> None:
         store, plan = self.settings.store, self.settings.plan
@@ -86,6 +89,10 @@ class LocalExecutor:
             faults=faults_from_environment(),
         )
         self.runner = Runner(store, plan.checkpoint, options, self.settings.progress, node.ctx)
+        # The machine-speed probe just before the first cell, and again after the last (close).
+        self.ctx = node.ctx
+        self.drift_start = run_drift_probe(node.ctx, self.lanes[0], logs / "drift.log")
+        store.set_meta(DRIFT_KEY, drift_record(self.drift_start, None))
         self.how = f"worker template ({node.isolation}) started in {node.template_s:.2f} s"
 
     def device(self) -> str:
@@ -97,6 +104,11 @@ class LocalExecutor:
         return self.runner.run(cells)
 
     def close(self) -> None:
+        if self.drift_start is not None:
+            end = run_drift_probe(
+                self.ctx, self.lanes[0], self.settings.store.directory / "logs" / "drift.log"
+            )
+            self.settings.store.set_meta(DRIFT_KEY, drift_record(self.drift_start, end))
         for sampler in self.samplers.values():
             sampler.stop()
         if self.samplers:

@@ -18,6 +18,7 @@ from bench.plan.matrix import Cell
 __all__ = [
     "CalibrationTask",
     "CellTask",
+    "DriftTask",
     "Event",
     "Finished",
     "NodeTask",
@@ -52,6 +53,14 @@ class CalibrationTask:
 
 
 @dataclass(frozen=True)
+class DriftTask:
+    """Measure the fixed machine-speed probe (bench.measure.calibrate.drift_probe) on the lane's device."""
+
+    visible_devices: str | None
+    log: str
+
+
+@dataclass(frozen=True)
 class ReferenceTask:
     """Compute (or find cached) the quality reference of a checkpoint (bench.measure.quality)."""
 
@@ -66,7 +75,7 @@ class ReferenceTask:
         return {"checkpoint_path": self.checkpoint, "path": self.path, "device": self.device}
 
 
-Task = CellTask | CalibrationTask | ReferenceTask
+Task = CellTask | CalibrationTask | ReferenceTask | DriftTask
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any
 from bench.measure.sampler import NvmlSampler, handle_for, import_nvml
 from bench.plan.checkpoints import cache_root, checkpoint_fingerprint
 from bench.plan.planning import resolve_model
-from bench.run.messages import CalibrationTask, ProbeAnswer, ReferenceTask, Task
+from bench.run.messages import CalibrationTask, DriftTask, ProbeAnswer, ReferenceTask, Task
 
 TEMPLATE_MODULES = ["bench.run.template"]  # torch, transformers, peft, bitsandbytes; never CUDA
 
@@ -76,7 +76,7 @@ def run_task(ctx: Any, task: Task, timeout_s: float = 600.0) -> dict[str, Any]:
     proc = ctx.Process(target=worker_entry.main, args=(task, send))
     proc.start()
     send.close()
-    what = "calibrate" if isinstance(task, CalibrationTask) else "quality_reference"
+    what = {CalibrationTask: "calibrate", DriftTask: "drift probe"}.get(type(task), "quality_reference")
     result: dict[str, Any] = {"reason": f"the {what} task did not finish within {timeout_s:g} s"}
     if recv.poll(timeout_s):
         with contextlib.suppress(EOFError):
@@ -93,6 +93,19 @@ def run_task(ctx: Any, task: Task, timeout_s: float = 600.0) -> dict[str, Any]:
 def run_calibration(ctx: Any, lane: str | None, log: Path, timeout_s: float = 120.0) -> dict[str, Any]:
     """The calibration probe (bench.measure.calibrate) on a lane's GPU."""
     return run_task(ctx, CalibrationTask(visible_devices=lane, log=str(log)), timeout_s)
+
+
+def run_drift_probe(ctx: Any, lane: str | None, log: Path, timeout_s: float = 120.0) -> dict[str, Any]:
+    """The machine-speed probe (bench.measure.calibrate.drift_probe) on a lane's device, in a worker."""
+    return run_task(ctx, DriftTask(visible_devices=lane, log=str(log)), timeout_s)
+
+
+def drift_record(start: dict[str, Any], end: dict[str, Any] | None) -> dict[str, Any]:
+    """run.json["drift"] (bench.schema.DRIFT_KEY): both probes and end.speed / start.speed when both ran."""
+    ratio = None
+    if end is not None and start.get("speed") and end.get("speed") and start.get("probe") == end.get("probe"):
+        ratio = end["speed"] / start["speed"]
+    return {"start": start, "end": end, "end_over_start": ratio}
 
 
 def run_quality_reference(

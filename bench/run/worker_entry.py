@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from bench.run.faults import inject
-from bench.run.messages import CalibrationTask, CellTask, Finished, ProbeAnswer, Ready, ReferenceTask, Task
+from bench.run.messages import (
+    CalibrationTask,
+    CellTask,
+    DriftTask,
+    Finished,
+    ProbeAnswer,
+    Ready,
+    ReferenceTask,
+    Task,
+)
 
 _PR_SET_PDEATHSIG = 1
 
@@ -33,6 +42,10 @@ def main(task: Task, conn: Any) -> None:
         from bench.measure.calibrate import calibrate
 
         conn.send(ProbeAnswer(calibrate()))
+    elif isinstance(task, DriftTask):
+        from bench.measure.calibrate import drift_probe
+
+        conn.send(ProbeAnswer(drift_probe()))
     elif isinstance(task, ReferenceTask):
         from bench.measure.quality import reference_task
 
