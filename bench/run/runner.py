@@ -30,6 +30,7 @@ from bench.run.node import start_template as start_template
 from bench.run.progress import Progress
 
 DEFAULT_TIMEOUT_S = {"cuda": 300.0, "cpu": 120.0}
+_FIND_MAX_PROBES = 16  # bench.measure.findmax.PROBE_LIMIT (not imported: the parent never imports torch)
 _OOM_EVENTS = Path("/sys/fs/cgroup/memory.events")
 
 
@@ -152,7 +153,9 @@ class Runner:
         if lane in self.options.samplers:
             self.options.samplers[lane].begin_cell(proc.pid)
         self.progress.cell_started(cell)
-        return Running(cell, proc, recv, lane, now, now + self.timeout_s, time.time(), oom_before)
+        # a --find-max cell runs up to PROBE_LIMIT probes (and the at-max measurement) in its time
+        timeout = self.timeout_s * (_FIND_MAX_PROBES + 1) if cell.find_max else self.timeout_s
+        return Running(cell, proc, recv, lane, now, now + timeout, time.time(), oom_before)
 
     def _drain(self, run: Running) -> None:
         with contextlib.suppress(EOFError, OSError):
