@@ -11,6 +11,7 @@ failed attempt grew, so an answer would depend on the order of the probes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import multiprocessing
@@ -103,9 +104,7 @@ def search(
     return Search(lo, hi is None and lo == cap, converged, trials)
 
 
-def estimate_answer(
-    predicted: Callable[[int], int], allowance: int, cap: int, unit: int = 1
-) -> int:
+def estimate_answer(predicted: Callable[[int], int], allowance: int, cap: int, unit: int = 1) -> int:
     """The largest multiple of `unit` up to `cap` whose predicted bytes fit `allowance` (0: none does).
 
     The estimate is monotone in batch and seq, so doubling then bisecting finds it in a few dozen calls.
@@ -177,7 +176,7 @@ def _probe_body(cell: Any, checkpoint: Path, conn: Any) -> None:
                 if "prefill" in cell.workloads:
                     model(ids, use_cache=False)
                 if "decode" in cell.workloads:
-                    model.generate(
+                    model.generate(  # type: ignore[operator]
                         ids,
                         attention_mask=torch.ones_like(ids),
                         max_new_tokens=cell.shape.new_tokens,
@@ -206,10 +205,8 @@ def probe(cell: Any, checkpoint: Path) -> tuple[str, int | None, str]:
     proc.start()
     send.close()
     answer = None
-    try:
+    with contextlib.suppress(EOFError):  # the process died before answering
         answer = recv.recv()
-    except EOFError:
-        pass
     proc.join()
     if answer is not None:
         return answer

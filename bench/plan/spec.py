@@ -25,8 +25,8 @@ __all__ = [
     "ATTN_VALUES",
     "CACHE_VALUES",
     "HUB_TO_PRESET",
-    "LORA_DEFAULTS",
     "LOAD_KNOBS",
+    "LORA_DEFAULTS",
     "MEASURE_VERSION",
     "PRESET_DIR",
     "QUANT_VARIANTS",
@@ -259,7 +259,12 @@ def recipe_lora(config: Any) -> tuple[tuple[str, ...], tuple[tuple[str, Any], ..
     """A recipe's use_peft / lora_* fields (when LoadConfig carries them) as train_mode and lora settings."""
     use_peft = getattr(config, "use_peft", None)
     mode: tuple[str, ...] = () if use_peft is None else ("lora",) if use_peft else ("full",)
-    fields = {"r": "lora_r", "alpha": "lora_alpha", "dropout": "lora_dropout", "target_modules": "lora_target_modules"}
+    fields = {
+        "r": "lora_r",
+        "alpha": "lora_alpha",
+        "dropout": "lora_dropout",
+        "target_modules": "lora_target_modules",
+    }
     lora = {k: getattr(config, f) for k, f in fields.items() if getattr(config, f, None) is not None}
     if isinstance(lora.get("target_modules"), list):
         lora["target_modules"] = tuple(lora["target_modules"])
