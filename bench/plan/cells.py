@@ -144,7 +144,5 @@ class Cell:
         data["load"] = tuple(tuple(kv) for kv in data["load"])
         data["dropped"] = tuple(tuple(kv) for kv in data["dropped"])
         for key in ("lora", "search"):
-            data[key] = tuple(
-                (k, tuple(v) if isinstance(v, list) else v) for k, v in data.get(key, ())
-            )
+            data[key] = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in data.get(key, ()))
         return cls(**data)
