@@ -124,12 +124,13 @@ def test_find_max_batch_under_rlimit(tiny_llama: Path, tmp_path: Path) -> None:
 
     spec = MatrixSpec(
         model=str(tiny_llama),
+        dtype=("float32",),  # bf16 matmuls are several times slower on most CPUs
         workloads=("train",),
         grad_ckpt=(False, True),
         find_max="batch",
         max_batch=64,
         vram_limit_bytes=1 << 30,
-    ).with_overrides(seq=512)
+    ).with_overrides(seq=256)
     out = run_stage(RunRequest(spec=spec, out=tmp_path / "run", budget_s=0.2, min_samples=2, live=False))
     records = _records(out)
     off = records["bfloat16/none/sdpa/no-ckpt/cache-auto"]
