@@ -20,6 +20,7 @@ __all__ = [
     "DRIFT_POINTS",
     "FAILED_STATUSES",
     "FINAL_STATUSES",
+    "FIND_MAX_TARGETS",
     "KNOBS",
     "MATCH_KNOBS",
     "METRICS",
@@ -32,9 +33,11 @@ __all__ = [
     "SPEC_HASH",
     "STATUSES",
     "STOP_REASONS",
+    "TRAIN_MODES",
     "WORKLOADS",
     "Metric",
     "cell_label",
+    "default_train_mode",
     "is_memory",
     "metric",
     "sampled_metrics",
@@ -73,7 +76,13 @@ KNOBS = (
     "new_tokens",
     "threads",
     "vram_limit_bytes",
+    "train_mode",
 )
+# What a train workload trains: every parameter ("full", AdamW) or LoRA adapters ("lora", peft). The
+# default is "full" for unquantized cells and "lora" for k-bit ones (QLoRA); k-bit + full is skipped.
+TRAIN_MODES = ("full", "lora")
+# --find-max: the shape knob a search maximises under the memory budget.
+FIND_MAX_TARGETS = ("batch", "seq")
 # The knobs two runs' cells are matched by when their checkpoints differ (so `model` is not one of them).
 MATCH_KNOBS = ("dtype", "quant", "attn", "grad_ckpt", "use_cache", "batch", "seq", "new_tokens", "threads")
 WORKLOADS = ("prefill", "train", "decode")
@@ -127,6 +136,15 @@ _FIXED: tuple[Metric, ...] = (
     _m("quality.top1_agree", "fraction", "higher", "quality"),
     _m("quality.ppl", "ratio", "lower", "quality"),
     _m("quality.ppl_delta", "ratio", None, "quality"),
+    _m("train.trainable_params", "count", None, "count"),
+    # --find-max: the largest batch (or seq) whose step fitted the budget, how many real steps the search
+    # took, what the analytical estimate alone predicted, and the budget peak of the step at the answer.
+    _m("max.batch", "count", "higher", "count"),
+    _m("max.seq", "count", "higher", "count"),
+    _m("max.probes", "count", None, "count"),
+    _m("max.estimate", "count", None, "count"),
+    _m("max.peak_bytes", "bytes", None, "memory"),
+    _m("max.budget_bytes", "bytes", None, "memory"),
 )
 # --- samples ---------------------------------------------------------------------------------------------
 # The companions a sampled metric keeps beside its median: `<metric>.<suffix>`.
@@ -207,6 +225,17 @@ def sampled_metrics() -> tuple[str, ...]:
     return tuple(m.name for m in METRICS.values() if m.sampled)
 
 
-def cell_label(dtype: str, quant: str, attn: str, grad_ckpt: bool, use_cache: str) -> str:
-    """Human name of a cell: dtype/quant/attn/ckpt-or-not/cache-value, as records and reports show it."""
-    return f"{dtype}/{quant}/{attn}/{'ckpt' if grad_ckpt else 'no-ckpt'}/cache-{use_cache}"
+def default_train_mode(quant: str) -> str:
+    """What a cell trains when the spec does not say: LoRA adapters on k-bit weights, else everything."""
+    return "full" if quant == "none" else "lora"
+
+
+def cell_label(
+    dtype: str, quant: str, attn: str, grad_ckpt: bool, use_cache: str, train_mode: str | None = None
+) -> str:
+    """Human name of a cell: dtype/quant/attn/ckpt-or-not/cache-value, as records and reports show it;
+    a train mode other than the quantization's default is appended ("/lora" on an unquantized cell)."""
+    label = f"{dtype}/{quant}/{attn}/{'ckpt' if grad_ckpt else 'no-ckpt'}/cache-{use_cache}"
+    if train_mode is not None and train_mode != default_train_mode(quant):
+        label += f"/{train_mode}"
+    return label

@@ -274,7 +274,17 @@ def recommend(
 def choose(
     frame: pd.DataFrame, vram_bytes: float, task: str, objective: str, margin: float
 ) -> Recommendation:
-    """recommend() on a frame already read."""
+    """recommend() on a frame already read; --find-max rows add what fits as a last reason."""
+    from bench.analysis.fits import fit_sentence
+
+    rec = _choose(frame, vram_bytes, task, objective, margin)
+    fits = fit_sentence(frame, task, vram_bytes)
+    return replace(rec, reasons=[*rec.reasons, fits]) if fits else rec
+
+
+def _choose(
+    frame: pd.DataFrame, vram_bytes: float, task: str, objective: str, margin: float
+) -> Recommendation:
     _check_request(vram_bytes, task, objective, margin)
     empty = Recommendation(task, objective, float(vram_bytes), margin, best=None, runner_up=None, reasons=[])
     pool = candidates(frame, task)

@@ -27,6 +27,11 @@ SPEC_OVERRIDES = (
     "seq",
     "new_tokens",
     "threads",
+    "train_mode",
+    "find_max",
+    "max_batch",
+    "max_seq",
+    "at_max",
 )
 
 
@@ -48,6 +53,28 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq", type=int)
     p.add_argument("--new-tokens", dest="new_tokens", type=int)
     p.add_argument("--threads", type=int, help="CPU threads per cell (default 1: stable timings)")
+    p.add_argument(
+        "--train-mode",
+        dest="train_mode",
+        help="comma list: full,lora (default: full unquantized, lora k-bit; k-bit + full is skipped)",
+    )
+    p.add_argument(
+        "--find-max",
+        dest="find_max",
+        choices=("batch", "seq"),
+        help="per cell, search the largest batch (at --seq) or seq (at --batch) that fits the memory budget",
+    )
+    p.add_argument("--max-batch", dest="max_batch", type=int, help="cap of --find-max batch (default 256)")
+    p.add_argument(
+        "--max-seq", dest="max_seq", type=int, help="cap of --find-max seq (default: the model's context)"
+    )
+    p.add_argument(
+        "--at-max",
+        dest="at_max",
+        action="store_const",
+        const=True,
+        help="with --find-max: measure the workloads at the found shape",
+    )
 
 
 def load_spec(args: argparse.Namespace) -> Any:
@@ -84,14 +111,14 @@ def run(args: argparse.Namespace) -> int:
 
     plan = make_plan(load_spec(args), probe_cached().host)
     table = Table(title=f"{plan.spec.name}: {len(plan.runnable)} of {len(plan.cells)} cells run")
-    for col in ("cell_id", "dtype", "quant", "attn", "ckpt", "cache", "plan"):
+    for col in ("cell_id", "dtype", "quant", "attn", "ckpt", "cache", "train", "plan"):
         table.add_column(col)
     for c in plan.cells:
         verdict = "run" if c.skip_reason is None else f"skip: {c.skip_reason}"
         if c.dropped and c.skip_reason is None:
             verdict += "".join(f"; no {w}: {why}" for w, why in c.dropped)
         table.add_row(
-            c.cell_id, c.dtype, c.quant, c.attn, "on" if c.grad_ckpt else "off", c.use_cache, verdict
+            c.cell_id, c.dtype, c.quant, c.attn, "on" if c.grad_ckpt else "off", c.use_cache, c.mode, verdict
         )
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
     return EXIT_OK

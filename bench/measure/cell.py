@@ -143,8 +143,10 @@ def run_cell(
             _release(work.model)
             work.model = get_model(config, caps, training=True)
             out["train.fresh_model"] = True
-        if name == "train" and config.kbit:
-            work.model = attach_lora(work.model, config.gradient_checkpointing)
+        if name == "train" and cell.mode == "lora":
+            work.model = attach_lora(
+                work.model, config.gradient_checkpointing, kbit=config.kbit, settings=cell.lora_settings
+            )
         mem.start()
         if name == "prefill":
             out.update(prefill(work))

@@ -84,7 +84,8 @@ def derive(
     """MFU / MBU / FLOPs columns for an ok record; null with the reason where they cannot be had."""
     out: dict[str, Any] = {"params.matmul": matmul_params(model_config)}
     seq, batch = record["seq"], record["batch"]
-    lora = record.get("quant", "none") != "none"
+    mode = record.get("train_mode")  # records from before the train_mode knob: k-bit cells trained LoRA
+    lora = mode == "lora" if mode is not None else record.get("quant", "none") != "none"
     for workload in ("prefill", "train"):
         out[f"{workload}.flops_per_token"] = flops_per_token(model_config, seq, workload, lora=lora)
     peak = (calibration or {}).get("matmul_bf16_tflops")

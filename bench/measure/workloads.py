@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from bench.measure.probes import Budget, Stats, measure
+from bench.plan.spec import LORA_DEFAULTS
 from bench.schema import DECODE_CACHE_COLUMN
 
 
@@ -108,17 +109,27 @@ def check_gradients(model: Any) -> None:
         raise InvalidMeasurement(f"non-finite gradient in {len(bad)} parameter(s) (first: {bad[0]}).")
 
 
-def attach_lora(model: Any, gradient_checkpointing: bool) -> Any:
-    """QLoRA's recipe: prepare the k-bit model for training, then train LoRA adapters on every linear."""
+def attach_lora(
+    model: Any, gradient_checkpointing: bool, *, kbit: bool = True, settings: dict[str, Any] | None = None
+) -> Any:
+    """LoRA adapters (peft) with the matrix's one setting; on k-bit weights first QLoRA's
+    prepare_model_for_kbit_training, so bf16 + lora against nf4 + lora is the QLoRA comparison."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    model = prepare_model_for_kbit_training(
-        model,
-        use_gradient_checkpointing=gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-    )
+    s = {**LORA_DEFAULTS, **(settings or {})}
+    if kbit:
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    targets = s["target_modules"]
     lora = LoraConfig(
-        r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+        r=int(s["r"]),
+        lora_alpha=s["alpha"],
+        lora_dropout=float(s["dropout"]),
+        target_modules=list(targets) if isinstance(targets, (list, tuple)) else targets,
+        task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
 

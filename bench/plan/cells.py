@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.plan.spec import MEASURE_VERSION, QUANT_VARIANTS, Shape
-from bench.schema import cell_label
+from bench.plan.spec import LORA_DEFAULTS, MEASURE_VERSION, QUANT_VARIANTS, Shape
+from bench.schema import cell_label, default_train_mode
 from loader import LoadConfig
 
 __all__ = ["Cell"]
@@ -35,6 +35,24 @@ class Cell:
     vram_limit_bytes: int | None = None
     skip_reason: str | None = None
     dropped: tuple[tuple[str, str], ...] = ()  # workloads this cell cannot run, with the reason
+    train_mode: str = ""  # "full" | "lora"; "" = the quantization's default (schema.default_train_mode)
+    lora: tuple[tuple[str, Any], ...] = ()  # overrides of spec.LORA_DEFAULTS
+    search: tuple[tuple[str, Any], ...] = ()  # --find-max: target, cap, at_max; () = one fixed shape
+
+    @property
+    def mode(self) -> str:
+        """The train mode this cell trains in, resolved."""
+        return self.train_mode or default_train_mode(self.quant)
+
+    @property
+    def lora_settings(self) -> dict[str, Any]:
+        """The LoRA setting of a lora cell: the defaults with the spec's (or recipe's) overrides."""
+        return {**LORA_DEFAULTS, **dict(self.lora)}
+
+    @property
+    def find_max(self) -> dict[str, Any]:
+        """The --find-max search of this cell ({} when it measures one fixed shape)."""
+        return dict(self.search)
 
     @property
     def cell_id(self) -> str:
@@ -50,12 +68,20 @@ class Cell:
         }
         if self.vram_limit_bytes is not None:  # only when set, so ids of unlimited cells stay as they were
             key["vram_limit_bytes"] = self.vram_limit_bytes
+        # Likewise: a cell that trains by its quantization's default, with the default LoRA setting and no
+        # search, keeps the id it had before these knobs existed (the committed baselines still match).
+        if self.mode != default_train_mode(self.quant):
+            key["train_mode"] = self.mode
+        if self.lora and self.mode == "lora":
+            key["lora"] = [list(kv) for kv in self.lora]
+        if self.search:
+            key["search"] = [list(kv) for kv in self.search]
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @property
     def label(self) -> str:
         """The record's human name, e.g. "bfloat16/nf4/sdpa/no-ckpt/cache-auto"."""
-        return cell_label(self.dtype, self.quant, self.attn, self.grad_ckpt, self.use_cache)
+        return cell_label(self.dtype, self.quant, self.attn, self.grad_ckpt, self.use_cache, self.mode)
 
     def knobs(self) -> dict[str, Any]:
         """The cell's knobs and shape as flat record columns: schema.KNOBS plus checkpoint and workloads.
@@ -76,6 +102,7 @@ class Cell:
             "new_tokens": self.shape.new_tokens,
             "threads": self.threads,
             "vram_limit_bytes": self.vram_limit_bytes,
+            "train_mode": self.mode,
         }
 
     def record(self, status: str, reason: str | None) -> dict[str, Any]:
@@ -116,4 +143,6 @@ class Cell:
         data["workloads"] = tuple(data["workloads"])
         data["load"] = tuple(tuple(kv) for kv in data["load"])
         data["dropped"] = tuple(tuple(kv) for kv in data["dropped"])
+        for key in ("lora", "search"):
+            data[key] = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in data.get(key, ()))
         return cls(**data)

@@ -127,6 +127,7 @@ def estimate_cell(
         device=device,
         baseline_bytes=baseline_bytes,
         use_cache=cache,
+        lora=None if getattr(cell, "mode", None) is None else cell.mode == "lora",
     )
     keep = ("load", *cell.workloads)
     return {k: val for k, val in cols.items() if k.split(".")[1] in keep}
@@ -165,6 +166,7 @@ def estimate_records(
             baseline_bytes=base,
             use_cache=cache,
             finite_check=finite_check,
+            lora=rec["train_mode"] == "lora" if rec.get("train_mode") else None,
         )
         for phase in PHASES:
             if device == "cuda":

@@ -79,8 +79,12 @@ def breakdown(
     workspace_bytes: int = CUBLAS_WORKSPACE_BYTES,
     cpu_runtime_bytes: int = CPU_RUNTIME_BYTES,
     finite_check: str = "sum",
+    lora: bool | None = None,
 ) -> dict[str, Phase]:
-    """Every phase's peak as named terms: what `estimate` adds up (for reports and the CLI)."""
+    """Every phase's peak as named terms: what `estimate` adds up (for reports and the CLI).
+
+    `lora` is the cell's train_mode: None means its default (LoRA for k-bit, full otherwise).
+    """
     arch = config if isinstance(config, Arch) else arch_from_config(config)
     if dtype == "auto":
         dtype = arch.dtype
@@ -91,6 +95,7 @@ def breakdown(
     dev = "cuda" if str(device).startswith("cuda") else "cpu"
     cache = (not grad_ckpt) if use_cache is None else bool(use_cache)
     kbit = quant != "none"
+    lora = kbit if lora is None else bool(lora)
     w = DTYPE_BYTES[dtype]
     v = arch.vocab
     t = batch * seq
@@ -175,16 +180,17 @@ def breakdown(
     # train: forward + backward + AdamW step on the trainable parameters
     a = 4 if kbit else w
     train_weights = weight_bytes(arch, dtype, quant, kbit_training=kbit)
-    trainable, tw = (arch.lora_params(), 4) if kbit else (arch.params, w)
+    # peft keeps adapters in float32 on a half-precision model too (autocast_adapter_dtype)
+    trainable, tw = (arch.lora_params(), 4) if lora else (arch.params, w)
     backend = attention_backend(attn, dev, a, arch)
     grads = trainable * tw
     states = 2 * trainable * tw
     if dev == "cuda":  # foreach AdamW: sqrt(exp_avg_sq) of every parameter at once
         opt_temp = trainable * tw
     else:  # single-tensor AdamW: sqrt and the divided copy of the largest parameter
-        largest = max(LORA_RANK * max(i, o) for i, o, _ in arch.linears) if kbit else arch.largest_param
+        largest = max(LORA_RANK * max(i, o) for i, o, _ in arch.linears) if lora else arch.largest_param
         opt_temp = 2 * largest * tw
-    per_layer = saved_per_token_layer(arch, a=a, backend=backend, ctx=seq, lora=kbit)
+    per_layer = saved_per_token_layer(arch, a=a, backend=backend, ctx=seq, lora=lora)
     # the final norm: its float32 input, and (LM head trainable) its normalised value and output
     final_norm = (4 if kbit else 4 + 2 * a) * arch.hidden * t
     stored: float
@@ -204,7 +210,7 @@ def breakdown(
     }
     if grad_ckpt:
         candidates["recompute"] = {**common, "gradients": grads, "activations": stored + recompute}
-    if arch.tied and not kbit:  # the embedding's gradient is summed into the LM head's at the end
+    if arch.tied and not lora:  # the embedding's gradient is summed into the LM head's at the end
         candidates["backward end"] = {**common, "gradients": grads + v * arch.hidden * w}
     name, terms = _pick(candidates)
     out["train"] = Phase({**terms, **file_terms, "cuBLAS workspaces": 2 * ws}, fixed, name)
@@ -226,6 +232,7 @@ def estimate(
     use_cache: bool | None = None,
     cuda_context_bytes: int = CUDA_CONTEXT_BYTES,
     finite_check: str = "sum",
+    lora: bool | None = None,
 ) -> dict[str, int]:
     """Predicted peak per phase: `mem.<phase>.estimate_bytes` (tensors + CUDA context; on the CPU
     tensors + `baseline_bytes` + the runtime's own growth) and `mem.<phase>.estimate_tensor_bytes`
@@ -249,6 +256,7 @@ def estimate(
         use_cache=use_cache,
         cuda_context_bytes=cuda_context_bytes,
         finite_check=finite_check,
+        lora=lora,
     )
     out: dict[str, int] = {}
     for name, phase in phases.items():

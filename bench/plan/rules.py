@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from pathlib import Path
+from typing import Any
 
 from bench.plan.cells import Cell
 from bench.plan.spec import MatrixSpec
@@ -23,8 +24,9 @@ __all__ = ["apply_rules", "expand"]
 def expand(spec: MatrixSpec, checkpoint: Path, fingerprint: str, caps: HostCapabilities) -> list[Cell]:
     """Every cell of the spec's cross product, each marked run or skip (with the rule's reason)."""
     cells = []
-    for dtype, quant, attn, ckpt, cache in itertools.product(
-        spec.dtype, spec.quant, spec.attn, spec.grad_ckpt, spec.use_cache
+    search = _search(spec)
+    for dtype, quant, attn, ckpt, cache, mode in itertools.product(
+        spec.dtype, spec.quant, spec.attn, spec.grad_ckpt, spec.use_cache, spec.train_mode or ("",)
     ):
         cell = Cell(
             spec.model,
@@ -39,13 +41,36 @@ def expand(spec: MatrixSpec, checkpoint: Path, fingerprint: str, caps: HostCapab
             spec.threads,
             spec.load,
             spec.vram_limit_bytes,
+            train_mode=mode,
+            lora=spec.lora,
+            search=search,
         )
         cells.append(apply_rules(cell, checkpoint, caps))
     return cells
 
 
+def _search(spec: MatrixSpec) -> tuple[tuple[str, Any], ...]:
+    """A spec's --find-max settings as the cells carry them (part of their id)."""
+    if spec.find_max is None:
+        return ()
+    cap = spec.max_batch if spec.find_max == "batch" else spec.max_seq
+    return (("at_max", spec.at_max), ("cap", cap), ("target", spec.find_max))
+
+
 def apply_rules(cell: Cell, checkpoint: Path, caps: HostCapabilities) -> Cell:
     """Mark a cell skipped, or drop workloads it cannot run; each reason starts with its rule's name."""
+    if cell.quant != "none" and cell.mode == "full":
+        return dataclasses.replace(
+            cell,
+            skip_reason=f"rule kbit-trains-lora: {cell.quant} weights are frozen integers that AdamW cannot "
+            "update, so a k-bit cell trains LoRA adapters (QLoRA); use train_mode lora.",
+        )
+    if cell.find_max and cell.vram_limit_bytes is None and not caps.cuda:
+        return dataclasses.replace(
+            cell,
+            skip_reason="rule find-max-needs-budget: --find-max on a host without a GPU needs --vram-limit "
+            "(the budget to search under); the search would otherwise fill this host's memory.",
+        )
     if cell.grad_ckpt and "train" not in cell.workloads:
         return dataclasses.replace(
             cell,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import SpecError
-from bench.schema import WORKLOADS
+from bench.schema import FIND_MAX_TARGETS, TRAIN_MODES, WORKLOADS
 from loader import LoadConfig, RecipeShape
 from loader.attention import ATTENTION
 from loader.dtypes import DTYPES
@@ -26,6 +26,7 @@ __all__ = [
     "CACHE_VALUES",
     "HUB_TO_PRESET",
     "LOAD_KNOBS",
+    "LORA_DEFAULTS",
     "MEASURE_VERSION",
     "PRESET_DIR",
     "QUANT_VARIANTS",
@@ -61,6 +62,21 @@ LOAD_KNOBS = (
     "bnb_4bit_compute_dtype",
     "chat_template",
 )
+
+# The one LoRA setting every train_mode=lora cell uses (bf16 + lora vs nf4 + lora is then the QLoRA
+# comparison); a spec's `lora` mapping or a recipe's lora_r / lora_alpha / lora_dropout /
+# lora_target_modules change it for the whole matrix.
+LORA_DEFAULTS: dict[str, Any] = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
+# Spec fields that are left out of the spec hash while they hold their default, so the hashes (and
+# resumability) of specs written before them stay as they were.
+_NEW_FIELDS_DEFAULTS: dict[str, Any] = {
+    "train_mode": (),
+    "lora": {},
+    "find_max": None,
+    "max_batch": None,
+    "max_seq": None,
+    "at_max": False,
+}
 
 # Hub ids of recipes -> synthetic architecture presets of the same shape (no hub here).
 HUB_TO_PRESET = {
@@ -101,6 +117,12 @@ class MatrixSpec:
     load: tuple[tuple[str, Any], ...] = ()
     vram_limit_bytes: int | None = None  # emulate a smaller GPU (or cap CPU memory); part of what is measured
     name: str = "custom"
+    train_mode: tuple[str, ...] = ()  # () = each quantization's default (schema.default_train_mode)
+    lora: tuple[tuple[str, Any], ...] = ()  # overrides of LORA_DEFAULTS
+    find_max: str | None = None  # "batch" | "seq": search the largest that fits instead of one shape
+    max_batch: int | None = None  # the search's caps (None: 256 sequences, the model's context length)
+    max_seq: int | None = None
+    at_max: bool = False  # measure the workloads at the found shape
 
     def __post_init__(self) -> None:
         _check_axis("dtype", self.dtype, DTYPES)
@@ -117,6 +139,19 @@ class MatrixSpec:
             not isinstance(self.vram_limit_bytes, int) or self.vram_limit_bytes <= 0
         ):
             raise SpecError(f"vram_limit_bytes={self.vram_limit_bytes!r} must be a positive number of bytes.")
+        if self.train_mode:
+            _check_axis("train_mode", self.train_mode, TRAIN_MODES)
+        for key, _ in self.lora:
+            if key not in LORA_DEFAULTS:
+                raise SpecError(f"lora.{key} is not a LoRA setting; use one of: {', '.join(LORA_DEFAULTS)}.")
+        if self.find_max is not None and self.find_max not in FIND_MAX_TARGETS:
+            raise SpecError(f"find_max={self.find_max!r} is not allowed; use one of: 'batch', 'seq'.")
+        for cap in ("max_batch", "max_seq"):
+            value = getattr(self, cap)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise SpecError(f"{cap}={value!r} must be a positive integer.")
+        if self.at_max and self.find_max is None:
+            raise SpecError("at_max needs find_max (batch or seq): there is no found shape to measure at.")
         if not isinstance(self.threads, int) or self.threads < 1:
             raise SpecError(f"threads={self.threads!r} must be a positive integer.")
         for key, _ in self.load:
@@ -129,12 +164,16 @@ class MatrixSpec:
         """JSON-able: the spec as run.json stores it (load knobs as a mapping)."""
         out = dataclasses.asdict(self)
         out["load"] = dict(self.load)
+        out["lora"] = dict(self.lora)
         return out
 
     def spec_hash(self) -> str:
         """Identifies what is measured (the name is a label, not part of it)."""
         data = self.to_dict()
         data.pop("name")
+        for key, default in _NEW_FIELDS_DEFAULTS.items():
+            if data.get(key) == default or (key == "train_mode" and data.get(key) == []):
+                data.pop(key, None)
         data["measure_version"] = MEASURE_VERSION
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -154,7 +193,9 @@ class MatrixSpec:
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise SpecError(f"spec key {unknown[0]!r} is unknown; use: {', '.join(sorted(allowed))}.")
-        kwargs: dict[str, Any] = {k: _as_axis(k, v) for k, v in data.items() if k not in ("shape", "load")}
+        kwargs: dict[str, Any] = {
+            k: _as_axis(k, v) for k, v in data.items() if k not in ("shape", "load", "lora")
+        }
         if "shape" in data:
             shape = data["shape"]
             if not isinstance(shape, Mapping) or set(shape) - set(SHAPE_KNOBS):
@@ -162,6 +203,10 @@ class MatrixSpec:
             kwargs["shape"] = Shape(**shape)
         if "load" in data:
             kwargs["load"] = tuple(sorted(dict(data["load"]).items()))
+        if "lora" in data:
+            if not isinstance(data["lora"], Mapping):
+                raise SpecError(f"lora must be a mapping with keys {', '.join(LORA_DEFAULTS)}.")
+            kwargs["lora"] = tuple(sorted(dict(data["lora"]).items()))
         kwargs.setdefault("name", name)
         return cls(**kwargs)
 
@@ -195,6 +240,7 @@ class MatrixSpec:
         load = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
         if config.chat_template:
             load["chat_template"] = config.chat_template
+        mode, lora = recipe_lora(config)
         return cls(
             model=recipe_model(config.model_name_or_path),
             dtype=(config.dtype,),
@@ -204,7 +250,25 @@ class MatrixSpec:
             shape=Shape(batch=(shape.batch_size or 1), seq=(shape.seq_len or 128)),
             load=tuple(sorted(load.items())),
             name=Path(recipe).stem,
+            train_mode=mode,
+            lora=lora,
         )
+
+
+def recipe_lora(config: Any) -> tuple[tuple[str, ...], tuple[tuple[str, Any], ...]]:
+    """A recipe's use_peft / lora_* fields (when LoadConfig carries them) as train_mode and lora settings."""
+    use_peft = getattr(config, "use_peft", None)
+    mode: tuple[str, ...] = () if use_peft is None else ("lora",) if use_peft else ("full",)
+    fields = {
+        "r": "lora_r",
+        "alpha": "lora_alpha",
+        "dropout": "lora_dropout",
+        "target_modules": "lora_target_modules",
+    }
+    lora = {k: getattr(config, f) for k, f in fields.items() if getattr(config, f, None) is not None}
+    if isinstance(lora.get("target_modules"), list):
+        lora["target_modules"] = tuple(lora["target_modules"])
+    return mode, tuple(sorted(lora.items()))
 
 
 def recipe_model(name: str) -> str:
@@ -230,8 +294,10 @@ def load_preset(name: str) -> MatrixSpec:
 
 
 def _as_axis(name: str, value: Any) -> Any:
-    if name in ("model", "name", "threads", "vram_limit_bytes"):
+    if name in ("model", "name", "threads", "vram_limit_bytes", "find_max", "max_batch", "max_seq"):
         return value
+    if name == "at_max":
+        return _as_bool(name, value)
     if name == "grad_ckpt":
         items = (
             value.split(",")

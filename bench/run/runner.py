@@ -44,6 +44,7 @@ def lease_for(timeout_s: float) -> tuple[float, float]:
     return lease, min(HEARTBEAT_S, lease / 6)
 
 
+_FIND_MAX_PROBES = 16  # bench.measure.findmax.PROBE_LIMIT (not imported: the parent never imports torch)
 _OOM_EVENTS = Path("/sys/fs/cgroup/memory.events")
 
 
@@ -168,7 +169,9 @@ class Runner:
         if lane in self.options.samplers:
             self.options.samplers[lane].begin_cell(proc.pid)
         self.progress.cell_started(cell)
-        return Running(cell, proc, recv, lane, now, now + self.timeout_s, time.time(), oom_before)
+        # a --find-max cell runs up to PROBE_LIMIT probes (and the at-max measurement) in its time
+        timeout = self.timeout_s * (_FIND_MAX_PROBES + 1) if cell.find_max else self.timeout_s
+        return Running(cell, proc, recv, lane, now, now + timeout, time.time(), oom_before)
 
     def _drain(self, run: Running) -> None:
         with contextlib.suppress(EOFError, OSError):
@@ -226,9 +229,7 @@ class Runner:
             return self._record(run, self._death(run))
         if now >= run.deadline:
             self._kill(run)
-            reason = (
-                f"no result within {self.timeout_s:g} s (phase {run.phase}); its process group was killed"
-            )
+            reason = f"no result within {run.deadline - run.dispatched:g} s (phase {run.phase}); its process group was killed"
             return self._record(run, CellOutcome("timeout", reason))
         return None
 

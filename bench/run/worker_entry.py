@@ -65,11 +65,14 @@ def run_cell_task(task: CellTask, conn: Any) -> None:
     _detach()
     conn.send(Ready(time.monotonic()))
     from bench.measure.cell import classify, run_cell
+    from bench.measure.findmax import run_find_max
     from bench.measure.outcome import CellOutcome
 
     try:
         inject(task.fault)
-        metrics = run_cell(task.cell, Path(task.checkpoint), task.budget, conn.send, task.quality_ref)
+        # --find-max: a search of probes, each in its own process (bench.measure.findmax)
+        body = run_find_max if task.cell.find_max else run_cell
+        metrics = body(task.cell, Path(task.checkpoint), task.budget, conn.send, task.quality_ref)
         conn.send(Finished(CellOutcome("ok", metrics=metrics)))
     except BaseException as exc:  # every failure becomes a record; the runner goes on
         conn.send(Finished(classify(exc)))

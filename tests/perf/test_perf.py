@@ -299,3 +299,43 @@ def test_nvml_sampler_overhead_on_prefill(benchmark, tiny_llama, tmp_path) -> No
         {"tokens_per_s_off": rates["off"], "tokens_per_s_on": rates["on"], "cost": cost}
     )
     assert cost <= 0.01, f"sampling cost {cost:.1%} of prefill throughput"
+
+
+def test_find_max_seeded_probes_and_stability(benchmark, tiny_llama, tmp_path) -> None:
+    """--find-max: <= 8 real probes per cell with the estimate as seed, fewer than a blind doubling search
+    needs for the same answer, and the same answer on a second run."""
+    from bench.measure.findmax import search
+
+    spec = MatrixSpec(
+        model=str(tiny_llama),
+        dtype=("float32",),
+        workloads=("train",),
+        find_max="batch",
+        max_batch=128,
+        vram_limit_bytes=1 << 30,
+        shape=Shape(batch=1, seq=256, new_tokens=4),
+    )
+    found = []
+
+    def run_twice() -> None:
+        for i in range(2):
+            out = tmp_path / f"run{i}"
+            run_matrix(RunRequest(spec=spec, out=out, budget_s=0.2, min_samples=2, live=False))
+            (record,) = RunStore.open(out).records()
+            assert record["status"] == "ok", record.get("reason")
+            found.append(record)
+
+    benchmark.pedantic(run_twice, rounds=1, iterations=1)
+    first, second = found
+    assert first["max.batch"] == second["max.batch"], "the answer is not stable across two runs"
+    answer = first["max.batch"]
+    # the blind baseline replays the same monotone verdicts (fits iff batch <= answer) from batch 1 up
+    blind = search(lambda b: b <= answer, 1, 128, blind=True)
+    benchmark.extra_info.update(
+        answer=answer,
+        estimate=first["max.estimate"],
+        probes=[first["max.probes"], second["max.probes"]],
+        blind_probes=len(blind.trials),
+    )
+    assert first["max.probes"] <= 8 and second["max.probes"] <= 8
+    assert first["max.probes"] < len(blind.trials)

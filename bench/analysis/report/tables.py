@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.analysis.fits import Fit, fit_rows
 from bench.analysis.values import (
     MISSING,
     fmt_bytes,
@@ -43,6 +44,7 @@ __all__ = [
     "View",
     "all_tables",
     "best_flags",
+    "fits_tables",
     "knob_texts",
     "peak_source",
     "random_weights",
@@ -296,6 +298,7 @@ def _reason(value: Any) -> str:
 def all_tables(view: View) -> tuple[list[Table], list[Table]]:
     """(workload tables, skipped/failed tables) of a run."""
     workloads = [t for t in (workload_table(view, w) for w in WORKLOADS) if t is not None]
+    workloads += fits_tables(view.frame)  # --find-max runs: what fits per budget
     statuses = [
         t
         for t in (
@@ -306,6 +309,37 @@ def all_tables(view: View) -> tuple[list[Table], list[Table]]:
         if t is not None
     ]
     return workloads, statuses
+
+
+def fits_tables(frame: pd.DataFrame) -> list[Table]:
+    """One table per budget and target (rows: configurations); [] when no cell ran --find-max."""
+    groups: dict[tuple[float | None, str, str], list[Fit]] = {}
+    for fit in fit_rows(frame):
+        groups.setdefault((fit.budget_bytes, fit.task, fit.target), []).append(fit)
+    tables = []
+    for (budget, task, target), fits in groups.items():
+        columns = [
+            Column("configuration", [f.label for f in fits]),
+            Column("shape", [f.other for f in fits]),
+            Column(f"max {target}", [f.answer_text for f in fits], numeric=True),
+            Column(
+                "tok/s there",
+                [fmt_rate(f.tokens_per_s) if f.tokens_per_s is not None else MISSING for f in fits],
+                numeric=True,
+            ),
+            Column(
+                "peak", [fmt_bytes(f.peak_bytes) if f.peak_bytes else MISSING for f in fits], numeric=True
+            ),
+            Column("estimate", [str(f.estimate) if f.estimate is not None else MISSING for f in fits]),
+            Column("probes", [str(f.probes) if f.probes is not None else MISSING for f in fits]),
+        ]
+        notes = [
+            f"Largest {target} whose {'train step' if task == 'train' else 'prefill + decode'} fitted "
+            f'{fmt_bytes(budget)}, found by real steps seeded with the estimate. "at least": the cap fitted. '
+            "tok/s is measured at that shape only with --at-max; peak is the budget peak of the step there."
+        ]
+        tables.append(Table(f"what fits in {fmt_bytes(budget)} ({task}, max {target})", columns, notes))
+    return tables
 
 
 # --- the summary at the top -----------------------------------------------------------------------------
