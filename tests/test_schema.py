@@ -12,6 +12,7 @@ from bench.schema import (
     ALL_STATUSES,
     FAILED_STATUSES,
     FINAL_STATUSES,
+    FIT_COLUMNS,
     KNOBS,
     MATCH_KNOBS,
     METRICS,
@@ -70,6 +71,11 @@ def test_every_status_is_in_the_status_row() -> None:
     assert listed <= set(ALL_STATUSES), (
         f"the status row names statuses schema lacks: {listed - set(ALL_STATUSES)}"
     )
+
+
+def test_every_fit_column_is_documented() -> None:
+    rows = _rows()
+    assert not [c for c in FIT_COLUMNS if c not in rows], "fit.* columns with no row in docs/schema.md"
 
 
 def test_every_knob_column_is_documented() -> None:

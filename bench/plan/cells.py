@@ -35,6 +35,7 @@ class Cell:
     vram_limit_bytes: int | None = None
     skip_reason: str | None = None
     dropped: tuple[tuple[str, str], ...] = ()  # workloads this cell cannot run, with the reason
+    fit: tuple[tuple[str, Any], ...] = ()  # the fit check's columns (bench.plan.fit); not part of cell_id
 
     @property
     def cell_id(self) -> str:
@@ -116,4 +117,5 @@ class Cell:
         data["workloads"] = tuple(data["workloads"])
         data["load"] = tuple(tuple(kv) for kv in data["load"])
         data["dropped"] = tuple(tuple(kv) for kv in data["dropped"])
+        data["fit"] = tuple(tuple(kv) for kv in data.get("fit", ()))
         return cls(**data)

@@ -26,7 +26,7 @@ from bench.run.faults import fault_for, faults_from_environment
 from bench.run.messages import NodeTask
 from bench.run.node import NodeSetup, gpu_samplers, node_checkpoint, prepare_node
 from bench.run.progress import NullProgress, Progress
-from bench.run.runner import Runner, RunOptions
+from bench.run.runner import DEFAULT_TIMEOUT_S, Runner, RunOptions
 from bench.run.store import RunStore
 
 RAY_MISSING = (
@@ -70,9 +70,11 @@ def _log_dir() -> Path:
 
 
 @functools.cache
-def _node_setup(checkpoint: str, fingerprint: str, lane: str | None) -> NodeSetup:
+def _node_setup(
+    checkpoint: str, fingerprint: str, lane: str | None, quality: bool, timeout_s: float
+) -> NodeSetup:
     """This Ray worker's setup for a checkpoint and lane, done once (bench.run.node)."""
-    return prepare_node(Path(checkpoint), fingerprint, lane, _log_dir())
+    return prepare_node(Path(checkpoint), fingerprint, lane, _log_dir(), quality=quality, timeout_s=timeout_s)
 
 
 def node_identity() -> dict[str, Any]:
@@ -92,7 +94,8 @@ def run_on_node(task: NodeTask) -> dict[str, Any]:
         return compose_record(task.cell, CellOutcome("error", mismatch), trailer=node_identity())
     lane = os.environ.get("CUDA_VISIBLE_DEVICES") if task.gpu else None
     lanes = [lane]
-    node = _node_setup(str(checkpoint), task.fingerprint, lane)
+    timeout = task.timeout_s or DEFAULT_TIMEOUT_S["cuda" if task.gpu else "cpu"]
+    node = _node_setup(str(checkpoint), task.fingerprint, lane, task.quality, timeout)
     samplers = gpu_samplers(lanes)
     options = RunOptions(
         timeout_s=task.timeout_s,
@@ -102,6 +105,7 @@ def run_on_node(task: NodeTask) -> dict[str, Any]:
         model_config=json.loads((checkpoint / "config.json").read_text()),
         calibration=node.calibration,
         quality_ref=node.quality_ref,
+        quality_reason=node.quality_reason,
         faults={task.cell.cell_id: task.fault} if task.fault else {},
         trailer={**node_identity(), "isolation": node.isolation},
     )
@@ -134,6 +138,7 @@ class RayExecutor:
         address: str | None,
         timeout_s: float | None,
         budget: Budget,
+        quality: bool = True,
     ) -> None:
         self.store = store
         self.model = model
@@ -142,6 +147,7 @@ class RayExecutor:
         self.address = address
         self.timeout_s = timeout_s
         self.budget = budget
+        self.quality = quality
         self.faults = faults_from_environment()
 
     # -- the Executor protocol ---------------------------------------------------------------------
@@ -176,6 +182,7 @@ class RayExecutor:
                 gpu=gpu,
                 timeout_s=self.timeout_s,
                 budget=self.budget,
+                quality=self.quality,
                 fault=fault_for(self.faults, cell),
             )
             resources = {"num_gpus": 1} if gpu else {"num_cpus": node_cpus}
