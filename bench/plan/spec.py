@@ -60,6 +60,7 @@ LOAD_KNOBS = (
     "bnb_4bit_quant_storage",
     "bnb_4bit_compute_dtype",
     "chat_template",
+    "gradient_checkpointing_kwargs",
 )
 
 # Hub ids of recipes -> synthetic architecture presets of the same shape (no hub here).
@@ -195,6 +196,11 @@ class MatrixSpec:
         load = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
         if config.chat_template:
             load["chat_template"] = config.chat_template
+        # only what differs from the defaults, so the cell ids of recipes that keep them stay as they were
+        if config.checkpointing_kwargs != {"use_reentrant": False}:
+            load["gradient_checkpointing_kwargs"] = config.gradient_checkpointing_kwargs
+        if config.bnb_4bit_quant_storage != "uint8" and config.kbit:
+            load["bnb_4bit_quant_storage"] = config.bnb_4bit_quant_storage
         return cls(
             model=recipe_model(config.model_name_or_path),
             dtype=(config.dtype,),
