@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -186,3 +187,43 @@ def test_make_plan_applies_it(tiny_llama: Path) -> None:
     off = make_plan(spec, host, fit_check=False, budget=MemoryBudget("cpu", 1 << 20, "test"))
     assert len(off.runnable) == 2
     assert [c.cell_id for c in tight.cells] == [c.cell_id for c in roomy.cells]
+
+
+def test_a_run_whose_cells_all_skip_starts_nothing(tiny_llama: Path, tmp_path: Path, capsys) -> None:
+    """No runnable cell: no worker template, no quality reference; the records carry the prediction."""
+    from bench.run.session import RunRequest, run_stage
+    from bench.run.store import RunStore
+
+    spec = MatrixSpec(
+        model=str(tiny_llama), workloads=("prefill",), shape=Shape(1, 16, 2), vram_limit_bytes=1 << 20
+    )
+    out = run_stage(RunRequest(spec, out=tmp_path / "run", live=False))
+    store = RunStore.open(out)
+    [record] = store.records()
+    assert record["status"] == "skipped" and record["reason"].startswith("rule fit:")
+    assert record["fit.available_source"] == "--vram-limit" and record["fit.available_bytes"] == 1 << 20
+    assert record["fit.predicted_bytes"] == max(
+        record[f"mem.{p}.estimate_bytes"] for p in ("load", "prefill")
+    )
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["quality_reference"] == {"reason": "no cell of this run needed it (none ran)"}
+    assert "template_startup_s" not in meta and "isolation" not in meta
+    captured = capsys.readouterr()
+    assert "quality reference" not in captured.err
+    assert "no cell ran, so no worker was started" in captured.out
+
+
+@pytest.mark.slow
+def test_no_quality(tiny_llama: Path, tmp_path: Path, capsys) -> None:
+    """--no-quality: no reference is computed, and every cell's quality columns are null with the reason."""
+    from bench.run.node import NO_QUALITY
+    from bench.run.session import RunRequest, run_stage
+    from bench.run.store import RunStore
+
+    spec = MatrixSpec(model=str(tiny_llama), workloads=("prefill",), shape=Shape(1, 16, 2))
+    out = run_stage(RunRequest(spec, out=tmp_path / "run", live=False, quality=False, budget_s=0.1))
+    [record] = RunStore.open(out).records()
+    assert record["status"] == "ok", record.get("reason")
+    assert record["quality.kl"] is None and record["quality.reason"] == NO_QUALITY
+    assert json.loads((out / "run.json").read_text())["quality_reference"] == {"reason": NO_QUALITY}
+    assert "quality reference" not in capsys.readouterr().err
