@@ -21,6 +21,8 @@ __all__ = [
     "FAILED_STATUSES",
     "FINAL_STATUSES",
     "FIND_MAX_TARGETS",
+    "FIT_COLUMNS",
+    "FIT_VERDICTS",
     "KNOBS",
     "MATCH_KNOBS",
     "METRICS",
@@ -185,6 +187,19 @@ _ENERGY = tuple(
     )
 )
 METRICS: dict[str, Metric] = {m.name: m for m in (*_FIXED, *_PER_PHASE, *_ENERGY)}
+
+# The fit check's columns (bench.plan.fit), on every record: a prediction and a budget, not measurements.
+FIT_COLUMNS = (
+    "fit.predicted_bytes",
+    "fit.predicted_phase",
+    "fit.available_bytes",
+    "fit.available_source",
+    "fit.margin",
+    "fit.verdict",
+    "fit.reason",
+)
+# fit.verdict values: fits, exceeds (the cell is skipped), unknown (no prediction or budget), off.
+FIT_VERDICTS = ("fits", "exceeds", "unknown", "off")
 
 # Quality closest to the reference wins: "min", "max", or "absmin" (closest to zero).
 QUALITY_BEST = {

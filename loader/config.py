@@ -14,9 +14,9 @@ from loader.dtypes import QUANT_STORAGE, normalize_dtype, resolve_dtype
 from loader.errors import LoadConfigError, bad_value
 from loader.files import model_config_dir
 from loader.quantization import QUANT_TYPES, QUANTIZATION
-from loader.recipe import RecipeShape, recipe_to_kwargs
+from loader.recipe import LoraSettings, RecipeShape, recipe_to_kwargs
 
-__all__ = ["LoadConfig", "RecipeShape"]
+__all__ = ["LoadConfig", "LoraSettings", "RecipeShape"]
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _BOOL_FIELDS = (
@@ -24,7 +24,10 @@ _BOOL_FIELDS = (
     "bnb_4bit_use_double_quant",
     "gradient_checkpointing",
     "local_files_only",
+    "use_peft",
 )
+# What gradient checkpointing is enabled with unless a config says otherwise (open-r1's recipes).
+DEFAULT_CHECKPOINTING_KWARGS = (("use_reentrant", False),)
 
 
 @dataclass(frozen=True)
@@ -47,10 +50,14 @@ class LoadConfig:
     bnb_4bit_quant_storage: str = "uint8"
     bnb_4bit_compute_dtype: str | None = None
     gradient_checkpointing: bool = False
+    # kwargs for gradient_checkpointing_enable, as (key, value) pairs; None: use_reentrant=False
+    gradient_checkpointing_kwargs: tuple[tuple[str, Any], ...] | None = None
     use_cache: bool | None = None
     chat_template: str | None = None
     device: str = "auto"
     local_files_only: bool = True
+    use_peft: bool = False  # the recipe trains LoRA adapters (stored for the training mode; see `lora`)
+    lora: LoraSettings | None = None  # the recipe's lora_* settings
     recipe_shape: RecipeShape | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -88,6 +95,17 @@ class LoadConfig:
             raise bad_value("device", self.device, ("auto", "cpu", "cuda", "cuda:N"))
         if self.chat_template is not None and not isinstance(self.chat_template, str):
             raise LoadConfigError("chat_template must be a Jinja template string or None.")
+        if self.gradient_checkpointing_kwargs is not None:
+            object.__setattr__(
+                self, "gradient_checkpointing_kwargs", _pairs(self.gradient_checkpointing_kwargs)
+            )
+        if self.lora is not None and not isinstance(self.lora, LoraSettings):
+            raise LoadConfigError("lora must be a LoraSettings (the recipe's lora_* keys) or None.")
+
+    @property
+    def checkpointing_kwargs(self) -> dict[str, Any]:
+        """What gradient_checkpointing_enable gets: the config's kwargs over use_reentrant=False."""
+        return dict(DEFAULT_CHECKPOINTING_KWARGS) | dict(self.gradient_checkpointing_kwargs or ())
 
     # -- derived knobs -------------------------------------------------------------------------
     @property
@@ -133,3 +151,18 @@ class LoadConfig:
         kwargs, shape = recipe_to_kwargs(recipe)
         kwargs.update(overrides)
         return cls(**kwargs, recipe_shape=shape)
+
+
+def _pairs(value: Any) -> tuple[tuple[str, Any], ...]:
+    """gradient_checkpointing_kwargs as sorted (key, value) pairs, from a mapping or pairs (JSON lists)."""
+    try:
+        items = dict(value)
+    except (TypeError, ValueError):
+        raise LoadConfigError(
+            f"gradient_checkpointing_kwargs={value!r} must be a mapping, e.g. {{'use_reentrant': False}}."
+        ) from None
+    if not all(isinstance(k, str) for k in items):
+        raise LoadConfigError(f"gradient_checkpointing_kwargs={value!r} must have string keys.")
+    if not isinstance(items.get("use_reentrant", False), bool):
+        raise bad_value("gradient_checkpointing_kwargs.use_reentrant", items["use_reentrant"], (True, False))
+    return tuple(sorted(items.items()))

@@ -81,17 +81,18 @@ def get_model(
             f"transformers could not load {config.model_name_or_path!r} with {knobs}: {type(exc).__name__}: {exc}"
         ) from exc
     if config.gradient_checkpointing:
-        enable_checkpointing(model)
+        enable_checkpointing(model, config.checkpointing_kwargs)
     return model
 
 
-def enable_checkpointing(model: PreTrainedModel) -> None:
-    """Turn on activation checkpointing with use_reentrant=False (open-r1's recipes ask for it).
+def enable_checkpointing(model: PreTrainedModel, kwargs: dict[str, Any] | None = None) -> None:
+    """Turn on activation checkpointing with `kwargs` (default use_reentrant=False, as open-r1's recipes
+    ask; a recipe's gradient_checkpointing_kwargs replace it).
 
     transformers 5.2x renamed gradient_checkpointing_enable to activation_checkpointing_enable and
     deprecated the old name; use whichever this version has.
     """
-    kwargs = {"use_reentrant": False}
+    kwargs = {"use_reentrant": False} if kwargs is None else kwargs
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:

@@ -14,6 +14,7 @@ import pytest
 
 from bench.measure.quality import (
     EVAL_TEXT,
+    NOTE_REAL,
     NOTE_SYNTHETIC,
     cell_quality,
     compute_reference,
@@ -23,6 +24,7 @@ from bench.measure.quality import (
     load_reference,
     logprobs,
     quality_columns,
+    quality_note,
     quality_or_reason,
     reference_config,
     reference_task,
@@ -174,7 +176,7 @@ def test_quality_columns_by_hand() -> None:
     ids = torch.tensor([0, 1, 2, 3, 4])
     q = quality_columns(uniform, uniform, ids, synthetic=False)
     assert q["quality.kl"] == pytest.approx(0.0) and q["quality.ppl"] == pytest.approx(v)
-    assert q["quality.note"] is None and q["quality.positions"] == 4
+    assert q["quality.note"] == NOTE_REAL and q["quality.positions"] == 4
     # a cell sure of token 0 everywhere: KL(uniform ‖ cell) large; agreement only where the
     # reference's argmax (first index on ties) is 0 too
     sharp = torch.log_softmax(torch.tensor([[10.0] + [0.0] * (v - 1)] * 5), -1)
@@ -204,6 +206,27 @@ def test_is_synthetic(tiny_llama: Path, tmp_path: Path) -> None:
     assert not is_synthetic(tmp_path)
 
 
+def test_weights_decide_the_note(tiny_llama: Path, tmp_path: Path) -> None:
+    """One place reads which weights a checkpoint holds, and one note follows from it."""
+    import json
+
+    from bench.plan.checkpoints import MARKER, checkpoint_weights
+
+    assert checkpoint_weights(tiny_llama) == "random" and checkpoint_weights(tmp_path) == "real"
+    for marker, weights in (
+        ({"synthetic": True}, "random"),
+        ({"synthetic": False}, "real"),
+        ({"synthetic": True, "weights": "real"}, "real"),  # a builder that records real|random wins
+        ({"weights": {"files": 1}}, "random"),  # the synthetic builder's weights dict is not a kind
+    ):
+        (tmp_path / MARKER).write_text(json.dumps(marker))
+        assert checkpoint_weights(tmp_path) == weights, marker
+        assert is_synthetic(tmp_path) is (weights == "random")
+    (tmp_path / MARKER).write_text("{not json")
+    assert checkpoint_weights(tmp_path) == "random"  # never present quality as real by mistake
+    assert quality_note(True) == NOTE_SYNTHETIC and "synthetic" not in quality_note(False)
+
+
 def test_cell_quality_refuses_a_different_vocabulary(tmp_path: Path, tiny_llama: Path) -> None:
     model, tok = _load(tiny_llama, "float32")
     ids = eval_ids(tok, max_tokens=64)
@@ -220,6 +243,10 @@ def test_integration_helpers(reference: Path, tiny_llama: Path, tmp_path: Path) 
     assert ok["quality.kl"] > 0 and ok["quality.s"] > 0 and "quality.reason" not in ok
     missing = quality_or_reason(model, tok, "cpu", None, tiny_llama)
     assert missing["quality.kl"] is None and "no quality reference" in missing["quality.reason"]
+    off = quality_or_reason(
+        model, tok, "cpu", None, tiny_llama, reason="quality was turned off (--no-quality)"
+    )
+    assert off["quality.kl"] is None and off["quality.reason"] == "quality was turned off (--no-quality)"
     task = {"checkpoint_path": str(tiny_llama), "path": str(reference), "device": "cpu"}
     done = reference_task(task)
     assert done["path"] == str(reference) and done["tokens"] == 1024 and done["knobs"]["dtype"] == "float32"

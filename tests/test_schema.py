@@ -12,6 +12,7 @@ from bench.schema import (
     ALL_STATUSES,
     FAILED_STATUSES,
     FINAL_STATUSES,
+    FIT_COLUMNS,
     KNOBS,
     MATCH_KNOBS,
     METRICS,
@@ -81,6 +82,11 @@ def test_the_status_row_explains_missing() -> None:
 
 def test_the_spec_hash_column_is_documented() -> None:
     assert schema.SPEC_HASH in _rows(), "bench.schema.SPEC_HASH has no row in docs/schema.md"
+
+
+def test_every_fit_column_is_documented() -> None:
+    rows = _rows()
+    assert not [c for c in FIT_COLUMNS if c not in rows], "fit.* columns with no row in docs/schema.md"
 
 
 def test_every_knob_column_is_documented() -> None:

@@ -75,6 +75,16 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
         const=True,
         help="with --find-max: measure the workloads at the found shape",
     )
+    p.add_argument(
+        "--vram-limit",
+        help="emulate a smaller GPU, e.g. 24GiB (CUDA: allocator fraction; CPU: RLIMIT_DATA on the cell process)",
+    )
+    p.add_argument(
+        "--no-fit-check",
+        dest="fit_check",
+        action="store_false",
+        help="load every cell, even one predicted not to fit the memory it would have",
+    )
 
 
 def load_spec(args: argparse.Namespace) -> Any:
@@ -90,7 +100,12 @@ def load_spec(args: argparse.Namespace) -> Any:
         spec = MatrixSpec.from_yaml(args.spec)
     else:
         spec = load_preset(args.preset or "default")
-    return spec.with_overrides(**{k: getattr(args, k) for k in SPEC_OVERRIDES})
+    spec = spec.with_overrides(**{k: getattr(args, k) for k in SPEC_OVERRIDES})
+    if getattr(args, "vram_limit", None):
+        from bench.units import parse_size
+
+        spec = spec.with_overrides(vram_limit_bytes=parse_size(args.vram_limit, "--vram-limit"))
+    return spec
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -108,17 +123,42 @@ def run(args: argparse.Namespace) -> int:
 
     from bench.plan.capabilities import probe_cached
     from bench.plan.planning import make_plan
+    from bench.units import fmt_bytes
 
-    plan = make_plan(load_spec(args), probe_cached().host)
+    plan = make_plan(load_spec(args), probe_cached().host, fit_check=args.fit_check)
     table = Table(title=f"{plan.spec.name}: {len(plan.runnable)} of {len(plan.cells)} cells run")
-    for col in ("cell_id", "dtype", "quant", "attn", "ckpt", "cache", "train", "plan"):
+    for col in (
+        "cell_id",
+        "dtype",
+        "quant",
+        "attn",
+        "ckpt",
+        "cache",
+        "train",
+        "predicted / available",
+        "plan",
+    ):
         table.add_column(col)
     for c in plan.cells:
         verdict = "run" if c.skip_reason is None else f"skip: {c.skip_reason}"
         if c.dropped and c.skip_reason is None:
             verdict += "".join(f"; no {w}: {why}" for w, why in c.dropped)
+        fit = dict(c.fit)
+        memory = (
+            f"{fmt_bytes(fit.get('fit.predicted_bytes'))} / {fmt_bytes(fit.get('fit.available_bytes'))}"
+            if fit.get("fit.verdict") != "off"
+            else "fit check off"
+        )
         table.add_row(
-            c.cell_id, c.dtype, c.quant, c.attn, "on" if c.grad_ckpt else "off", c.use_cache, c.mode, verdict
+            c.cell_id,
+            c.dtype,
+            c.quant,
+            c.attn,
+            "on" if c.grad_ckpt else "off",
+            c.use_cache,
+            c.mode,
+            memory,
+            verdict,
         )
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
     return EXIT_OK

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.commands.plan import add_spec_args, load_spec
-from bench.units import parse_size
 
 
 def register(sub: Any) -> None:
@@ -28,16 +27,18 @@ def register(sub: Any) -> None:
     )
     run.add_argument("--no-live", action="store_true", help="plain progress lines even on a terminal")
     run.add_argument(
+        "--no-quality",
+        dest="quality",
+        action="store_false",
+        help="no quality reference and no quality pass (quality columns null with the reason)",
+    )
+    run.add_argument(
         "--executor",
         choices=("local", "ray"),
         default="local",
         help="local: this host's GPUs (or CPU); ray: one task per cell on a Ray cluster",
     )
     run.add_argument("--address", help="Ray cluster address (default: start a local one)")
-    run.add_argument(
-        "--vram-limit",
-        help="emulate a smaller GPU, e.g. 24GiB (CUDA: allocator fraction; CPU: RLIMIT_DATA on the cell process)",
-    )
     run.set_defaults(func=run_command)
 
 
@@ -46,9 +47,7 @@ def run_command(args: argparse.Namespace) -> int:
     from bench.analysis.report import render
     from bench.run.session import RunRequest, run_stage
 
-    spec = load_spec(args)
-    if args.vram_limit:
-        spec = spec.with_overrides(vram_limit_bytes=parse_size(args.vram_limit, "--vram-limit"))
+    spec = load_spec(args)  # --vram-limit included
     request = RunRequest(
         spec=spec,
         out=Path(args.out) if args.out else None,
@@ -60,6 +59,8 @@ def run_command(args: argparse.Namespace) -> int:
         live=False if args.no_live else None,
         executor=args.executor,
         address=args.address,
+        fit_check=args.fit_check,
+        quality=args.quality,
     )
     result = run_stage(request)
     paths = render(result.directory)

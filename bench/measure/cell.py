@@ -89,10 +89,16 @@ def apply_memory_limit(limit: int, device: str) -> str:
 
 
 def run_cell(
-    cell: Cell, checkpoint: Path, budget: Budget, emit: Emit, quality_ref: str | None = None
+    cell: Cell,
+    checkpoint: Path,
+    budget: Budget,
+    emit: Emit,
+    quality_ref: str | None = None,
+    quality_reason: str | None = None,
 ) -> dict[str, Any]:
     """Load the cell's model, then run its workloads; returns flat metric columns. `emit` hears each
-    phase as it starts and each measured window."""
+    phase as it starts and each measured window. Without `quality_ref` there is no quality pass, and
+    the quality columns are null with `quality_reason` (why the run has no reference)."""
     torch.set_num_threads(cell.threads)
     caps = current_host()
     config = cell.load_config(checkpoint)
@@ -131,7 +137,9 @@ def run_cell(
     out["load.first_forward_s"] = first_forward(work)
     out.update(mem.columns("load"))
     # One extra no-grad pass over the evaluation text, before any training step changes the weights.
-    out.update(quality_or_reason(work.model, tokenizer, device, quality_ref, checkpoint))
+    out.update(
+        quality_or_reason(work.model, tokenizer, device, quality_ref, checkpoint, reason=quality_reason)
+    )
 
     for name, reason in cell.dropped:
         out[f"{name}.skipped_reason"] = reason

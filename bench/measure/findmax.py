@@ -281,7 +281,12 @@ def _cap(cell: Any, target: str, checkpoint: Path) -> int:
 
 
 def run_find_max(
-    cell: Any, checkpoint: Path, budget: Any, emit: Emit, quality_ref: str | None = None
+    cell: Any,
+    checkpoint: Path,
+    budget: Any,
+    emit: Emit,
+    quality_ref: str | None = None,
+    quality_reason: str | None = None,
 ) -> dict[str, Any]:
     """Search the cell's largest fitting batch or seq; with at_max, then measure the cell at it."""
     target = cell.find_max["target"]
@@ -327,5 +332,5 @@ def run_find_max(
         from bench.measure.cell import run_cell
 
         shaped = dataclasses.replace(cell, shape=dataclasses.replace(cell.shape, **{target: found.answer}))
-        out.update(run_cell(shaped, checkpoint, budget, emit, quality_ref))
+        out.update(run_cell(shaped, checkpoint, budget, emit, quality_ref, quality_reason))
     return out

@@ -8,8 +8,9 @@ unquantized, eager attention on the CPU; bfloat16, unquantized, sdpa on a GPU; s
 - `quality.top1_agree`: share of positions where both put their highest probability on the same token;
 - `quality.ppl` / `quality.ref_ppl`: perplexity of the text's next tokens under the cell / reference;
 - `quality.ppl_delta`: quality.ppl − quality.ref_ppl;
-- `quality.note`: on synthetic checkpoints (random weights, bench.plan.checkpoints' loadbench.json marker),
-  these measure numeric divergence from the reference, not task accuracy.
+- `quality.note`: which weights were compared (`quality_note`, the one place that says it): on random
+  weights (bench.plan.checkpoints' loadbench.json marker) these measure numeric divergence from the
+  reference, not task accuracy; on real weights they are the model's own divergence on the text.
 
 The reference is computed once per run (`compute_reference`, in a worker process before the cells)
 and cached as safetensors (no pickle): the token ids and the float32 log-probabilities [T, V]. Each
@@ -41,6 +42,7 @@ import torch
 
 __all__ = [
     "EVAL_TEXT",
+    "NOTE_REAL",
     "NOTE_SYNTHETIC",
     "REFERENCE",
     "Reference",
@@ -52,6 +54,7 @@ __all__ = [
     "load_reference",
     "logprobs",
     "quality_columns",
+    "quality_note",
     "quality_or_reason",
     "reference_config",
     "reference_task",
@@ -60,6 +63,7 @@ __all__ = [
 
 EVAL_TEXT = Path(__file__).resolve().parents[1] / "data" / "eval.txt"
 NOTE_SYNTHETIC = "synthetic weights: numeric divergence, not task accuracy"
+NOTE_REAL = "real weights: the cell's divergence from the reference cell on the evaluation text"
 FORMAT_VERSION = 1
 # Reference knobs per device type; change here (or pass `override`) to compare against another cell.
 REFERENCE: dict[str, dict[str, Any]] = {
@@ -280,8 +284,13 @@ def _columns(
         "quality.ppl_delta": ppl - ref_ppl,
         "quality.positions": n,
     }
-    out["quality.note"] = NOTE_SYNTHETIC if synthetic else None
+    out["quality.note"] = quality_note(synthetic)
     return out
+
+
+def quality_note(synthetic: bool) -> str:
+    """The one place that says which weights quality compared: random (no task accuracy) or real."""
+    return NOTE_SYNTHETIC if synthetic else NOTE_REAL
 
 
 def quality_columns(
@@ -319,16 +328,10 @@ def reference_config(cell_or_device: Any, override: Mapping[str, Any] | None = N
 
 
 def is_synthetic(checkpoint: str | Path) -> bool:
-    """Whether a checkpoint directory was built by bench.plan.checkpoints (random weights)."""
-    from bench.plan.checkpoints import MARKER
+    """Whether a checkpoint holds random weights (bench.plan.checkpoints.checkpoint_weights)."""
+    from bench.plan.checkpoints import checkpoint_weights
 
-    marker = Path(checkpoint) / MARKER
-    if not marker.is_file():
-        return False
-    try:
-        return bool(json.loads(marker.read_text(encoding="utf-8")).get("synthetic", True))
-    except (OSError, ValueError):
-        return True
+    return checkpoint_weights(checkpoint) == "random"
 
 
 def compute_reference(
@@ -438,6 +441,7 @@ def quality_or_reason(
     ref_path: str | Path | None,
     checkpoint: str | Path,
     chunk: int = DEFAULT_CHUNK,
+    reason: str | None = None,
 ) -> dict[str, Any]:
     """What a cell's record gets: cell_quality's columns and `quality.s`, or null columns and
     `quality.reason` when there is no reference or the pass fails (the cell itself stays ok).
@@ -450,7 +454,7 @@ def quality_or_reason(
 
     columns = ("quality.kl", "quality.top1_agree", "quality.ppl", "quality.ref_ppl", "quality.ppl_delta")
     if ref_path is None or not Path(ref_path).is_file():
-        why = "no quality reference was computed for this run"
+        why = reason or "no quality reference was computed for this run"
         return {**dict.fromkeys(columns), "quality.reason": why}
     start = time.perf_counter()
     try:

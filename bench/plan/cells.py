@@ -54,6 +54,8 @@ class Cell:
         """The --find-max search of this cell ({} when it measures one fixed shape)."""
         return dict(self.search)
 
+    fit: tuple[tuple[str, Any], ...] = ()  # the fit check's columns (bench.plan.fit); not part of cell_id
+
     @property
     def cell_id(self) -> str:
         """16 hex digits of a hash of the checkpoint, knobs, workloads, shape and MEASURE_VERSION."""
@@ -145,4 +147,5 @@ class Cell:
         data["dropped"] = tuple(tuple(kv) for kv in data["dropped"])
         for key in ("lora", "search"):
             data[key] = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in data.get(key, ()))
+        data["fit"] = tuple(tuple(kv) for kv in data.get("fit", ()))
         return cls(**data)

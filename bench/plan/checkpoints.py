@@ -31,6 +31,7 @@ __all__ = [
     "CheckpointError",
     "cache_root",
     "checkpoint_fingerprint",
+    "checkpoint_weights",
     "list_presets",
     "load_preset",
     "make_checkpoint",
@@ -136,6 +137,24 @@ def checkpoint_fingerprint(path: str | Path) -> str:
     if marker.is_file():
         h.update(b"\0" + canonical_json(json.loads(marker.read_text(encoding="utf-8"))))
     return h.hexdigest()[:16]
+
+
+def checkpoint_weights(path: str | Path) -> str:
+    """ "random" for a checkpoint loadbench built (its MARKER says synthetic), else "real".
+
+    A marker's string `weights` ("real" | "random") wins when a builder records one; an unreadable
+    marker counts as random, so quality is never presented as real by mistake.
+    """
+    marker = Path(path) / MARKER
+    if not marker.is_file():
+        return "real"
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "random"
+    if data.get("weights") in ("real", "random"):
+        return str(data["weights"])
+    return "random" if data.get("synthetic", True) else "real"
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from bench.errors import SpecError
 from bench.plan.cells import Cell
 from bench.plan.checkpoints import checkpoint_fingerprint, list_presets, make_checkpoint
+from bench.plan.fit import MemoryBudget, apply_fit_check, available_memory
 from bench.plan.rules import expand
 from bench.plan.spec import MatrixSpec
 from loader.files import check_local_model_dir
@@ -38,6 +40,7 @@ class Plan:
                 "run": c.skip_reason is None,
                 "reason": c.skip_reason,
                 "dropped": dict(c.dropped),
+                "fit": dict(c.fit),
             }
             for c in self.cells
         ]
@@ -57,8 +60,30 @@ def resolve_model(model: str) -> Path:
     )
 
 
-def make_plan(spec: MatrixSpec, caps: HostCapabilities) -> Plan:
-    """The plan of a spec on a host: its checkpoint (built if it is a preset), fingerprint and cells."""
+def make_plan(
+    spec: MatrixSpec, caps: HostCapabilities, *, fit_check: bool = True, budget: MemoryBudget | None = None
+) -> Plan:
+    """The plan of a spec on a host: its checkpoint (built if it is a preset), fingerprint and cells.
+
+    fit_check: skip cells predicted not to fit (bench.plan.fit) in `budget`, by default what this
+    host has now (free GPU memory or available RAM, capped by the spec's vram limit).
+    """
     checkpoint = resolve_model(spec.model)
     fingerprint = checkpoint_fingerprint(checkpoint)
-    return Plan(spec, checkpoint, fingerprint, expand(spec, checkpoint, fingerprint, caps))
+    cells = expand(spec, checkpoint, fingerprint, caps)
+    return Plan(spec, checkpoint, fingerprint, check_fit(cells, checkpoint, caps, spec, fit_check, budget))
+
+
+def check_fit(
+    cells: list[Cell],
+    checkpoint: Path,
+    caps: HostCapabilities,
+    spec: MatrixSpec,
+    enabled: bool,
+    budget: MemoryBudget | None,
+) -> list[Cell]:
+    """The fit check of the plan's cells against the memory a cell would have (off: columns say so)."""
+    if not enabled:
+        return apply_fit_check(cells, {}, None)
+    config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    return apply_fit_check(cells, config, budget or available_memory(caps.cuda, spec.vram_limit_bytes))

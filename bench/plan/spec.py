@@ -61,6 +61,7 @@ LOAD_KNOBS = (
     "bnb_4bit_quant_storage",
     "bnb_4bit_compute_dtype",
     "chat_template",
+    "gradient_checkpointing_kwargs",
 )
 
 # The one LoRA setting every train_mode=lora cell uses (bf16 + lora vs nf4 + lora is then the QLoRA
@@ -241,6 +242,11 @@ class MatrixSpec:
         if config.chat_template:
             load["chat_template"] = config.chat_template
         mode, lora = recipe_lora(config)
+        # only what differs from the defaults, so the cell ids of recipes that keep them stay as they were
+        if config.checkpointing_kwargs != {"use_reentrant": False}:
+            load["gradient_checkpointing_kwargs"] = config.gradient_checkpointing_kwargs
+        if config.bnb_4bit_quant_storage != "uint8" and config.kbit:
+            load["bnb_4bit_quant_storage"] = config.bnb_4bit_quant_storage
         return cls(
             model=recipe_model(config.model_name_or_path),
             dtype=(config.dtype,),
@@ -256,18 +262,19 @@ class MatrixSpec:
 
 
 def recipe_lora(config: Any) -> tuple[tuple[str, ...], tuple[tuple[str, Any], ...]]:
-    """A recipe's use_peft / lora_* fields (when LoadConfig carries them) as train_mode and lora settings."""
-    use_peft = getattr(config, "use_peft", None)
-    mode: tuple[str, ...] = () if use_peft is None else ("lora",) if use_peft else ("full",)
-    fields = {
-        "r": "lora_r",
-        "alpha": "lora_alpha",
-        "dropout": "lora_dropout",
-        "target_modules": "lora_target_modules",
-    }
-    lora = {k: getattr(config, f) for k, f in fields.items() if getattr(config, f, None) is not None}
-    if isinstance(lora.get("target_modules"), list):
-        lora["target_modules"] = tuple(lora["target_modules"])
+    """A recipe's use_peft / lora_* fields as train_mode and lora settings.
+
+    use_peft: true asks for lora; without it the quantization's default mode stands (full unquantized, lora
+    k-bit), so recipes that say nothing keep their cell ids. lora_* (TRL's defaults where unset) set the adapters.
+    """
+    mode: tuple[str, ...] = ("lora",) if config.use_peft else ()
+    settings = config.lora
+    if settings is None:
+        return mode, ()
+    lora = {"r": settings.r, "alpha": settings.alpha, "dropout": settings.dropout}
+    if settings.target_modules is not None:
+        targets = settings.target_modules
+        lora["target_modules"] = tuple(targets) if isinstance(targets, list) else targets
     return mode, tuple(sorted(lora.items()))
 
 

@@ -3,8 +3,9 @@ and whichever executor made it, so the JSONL stays flat and its columns keep the
 
 A record is, in this order: the head (Cell.record: identity, status, reason, knobs); the outcome's
 metric and error columns; for an attempted cell its NVML columns; derived metrics (ok cells); the
-memory estimate and its error; the attempt's tail (phase, host, lane, times, log); the reasons of
-dropped workloads; and the columns the executor adds last (on Ray: the node's identity).
+memory estimate and its error; the fit check's columns; the attempt's tail (phase, host, lane, times,
+log); the reasons of dropped workloads; and the columns the executor adds last (on Ray: the node's
+identity).
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ def compose_record(
         if outcome.status == "ok" and model.config:
             record.update(derive(record, model.config, model.calibration))
         record.update(estimate_columns(cell, record, model.config, model.device))
+    record.update(dict(cell.fit))  # the plan's fit check: predicted peak against what the cell had
     if attempt is not None:
         record.update(
             {

@@ -18,7 +18,7 @@ from bench.plan.planning import Plan
 from bench.run.faults import faults_from_environment
 from bench.run.node import drift_record, gpu_samplers, prepare_node, run_drift_probe
 from bench.run.progress import Progress
-from bench.run.runner import Runner, RunOptions
+from bench.run.runner import DEFAULT_TIMEOUT_S, Runner, RunOptions
 from bench.run.store import RunStore
 from bench.schema import DRIFT_KEY
 
@@ -52,6 +52,7 @@ class RunSettings:
     timeout_s: float | None
     progress: Progress
     model_config: dict[str, Any]  # the checkpoint's config.json
+    quality: bool = True  # compute the quality reference (False: --no-quality)
 
 
 class LocalExecutor:
@@ -69,7 +70,15 @@ class LocalExecutor:
     def start(self) -> None:
         store, plan = self.settings.store, self.settings.plan
         logs = store.directory / "logs"
-        node = prepare_node(plan.checkpoint, plan.fingerprint, self.lanes[0], logs)
+        timeout = self.settings.timeout_s or DEFAULT_TIMEOUT_S[self.device()]
+        node = prepare_node(
+            plan.checkpoint,
+            plan.fingerprint,
+            self.lanes[0],
+            logs,
+            quality=self.settings.quality,
+            timeout_s=timeout,
+        )
         self.samplers = gpu_samplers(self.lanes)
         store.set_meta("executor", {"kind": "local", "lanes": self.lanes})
         store.set_meta("template_startup_s", node.template_s)
@@ -86,6 +95,7 @@ class LocalExecutor:
             model_config=self.settings.model_config,
             calibration=node.calibration,
             quality_ref=node.quality_ref,
+            quality_reason=node.quality_reason,
             faults=faults_from_environment(),
         )
         self.runner = Runner(store, plan.checkpoint, options, self.settings.progress, node.ctx)

@@ -41,6 +41,7 @@ class CellTask:
     visible_devices: str | None  # CUDA_VISIBLE_DEVICES of the lane; None on the CPU
     log: str
     quality_ref: str | None = None  # the run's cached quality reference (safetensors)
+    quality_reason: str | None = None  # why there is none (--no-quality, timed out, ...)
     fault: str | None = None  # test-only (bench.run.faults)
 
 
@@ -113,3 +114,4 @@ class NodeTask:
     timeout_s: float | None
     budget: Budget
     fault: str | None = None  # test-only (bench.run.faults)
+    quality: bool = True  # compute the quality reference on the node (False: --no-quality)

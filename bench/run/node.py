@@ -13,6 +13,7 @@ import multiprocessing
 import multiprocessing.forkserver
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,12 +79,13 @@ def run_task(ctx: Any, task: Task, timeout_s: float = 600.0) -> dict[str, Any]:
     send.close()
     what = {CalibrationTask: "calibrate", DriftTask: "drift probe"}.get(type(task), "quality_reference")
     result: dict[str, Any] = {"reason": f"the {what} task did not finish within {timeout_s:g} s"}
-    if recv.poll(timeout_s):
+    answered = recv.poll(timeout_s)
+    if answered:
         with contextlib.suppress(EOFError):
             answer = recv.recv()
             if isinstance(answer, ProbeAnswer):
                 result = answer.values
-    proc.join(timeout=10)
+    proc.join(timeout=10 if answered else 0)  # an overrun task is killed at once, not waited for
     if proc.exitcode is None:
         proc.kill()
         proc.join()
@@ -109,7 +111,7 @@ def drift_record(start: dict[str, Any], end: dict[str, Any] | None) -> dict[str,
 
 
 def run_quality_reference(
-    ctx: Any, checkpoint: Path, lane: str | None, path: Path, log: Path
+    ctx: Any, checkpoint: Path, lane: str | None, path: Path, log: Path, timeout_s: float = 600.0
 ) -> dict[str, Any]:
     """The quality reference (bench.measure.quality) of a checkpoint, computed once and cached on disk."""
     task = ReferenceTask(
@@ -119,7 +121,45 @@ def run_quality_reference(
         visible_devices=lane,
         log=str(log),
     )
-    return run_task(ctx, task)
+    return run_task(ctx, task, timeout_s)
+
+
+NO_QUALITY = "quality was turned off (--no-quality)"
+
+
+def say(line: str) -> None:
+    """A progress line of the node's setup, on stderr (stdout holds the summary)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def prepare_quality_reference(
+    ctx: Any, checkpoint: Path, fingerprint: str, lane: str | None, log: Path, timeout_s: float
+) -> dict[str, Any]:
+    """Find or compute the quality reference, saying what it does and how long it took, within
+    `timeout_s` (a cell's timeout); {"path", ...} or {"reason"} (then every cell's quality.reason)."""
+    from bench.measure.quality import REFERENCE
+
+    device = "cpu" if lane is None else "cuda"
+    path = quality_reference_path(fingerprint, device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    knobs = REFERENCE[device]
+    what = "checking the cached" if path.is_file() else "computing the"
+    say(
+        f"quality reference: {what} {knobs['dtype']}/{knobs['quant']}/{knobs['attn']} reference of "
+        f"{checkpoint.name} on {device} (up to {timeout_s:g} s; --no-quality skips it)"
+    )
+    start = time.perf_counter()
+    reference = run_quality_reference(ctx, checkpoint, lane, path, log, timeout_s)
+    elapsed = time.perf_counter() - start
+    if "path" in reference:
+        say(f"quality reference: ready in {elapsed:.1f} s")
+        return reference
+    reason = str(reference.get("reason"))
+    if "did not finish" in reason:
+        reason += "; raise --timeout, or pass --no-quality to measure without it"
+        reference = {**reference, "reason": reason}
+    say(f"quality reference: none after {elapsed:.1f} s: {reason}")
+    return reference
 
 
 def quality_reference_path(fingerprint: str, device: str) -> Path:
@@ -153,15 +193,29 @@ class NodeSetup:
     def quality_ref(self) -> str | None:
         return self.quality_reference.get("path")
 
+    @property
+    def quality_reason(self) -> str | None:
+        return None if self.quality_ref else self.quality_reference.get("reason")
 
-def prepare_node(checkpoint: Path, fingerprint: str, lane: str | None, log_dir: Path) -> NodeSetup:
-    """Start the warm template, then compute (or find) the quality reference and, on a GPU lane, the
-    calibration, each in a worker process of that template; probe logs go to `log_dir`."""
+
+def prepare_node(
+    checkpoint: Path,
+    fingerprint: str,
+    lane: str | None,
+    log_dir: Path,
+    *,
+    quality: bool = True,
+    timeout_s: float = 600.0,
+) -> NodeSetup:
+    """Start the warm template, then compute (or find) the quality reference (unless `quality` is off;
+    within `timeout_s`) and, on a GPU lane, the calibration, each in a worker process of that
+    template; probe logs go to `log_dir`. Called only when a runnable cell needs the node."""
     ctx, template_s, isolation = start_template()
-    device = "cpu" if lane is None else "cuda"
-    ref_path = quality_reference_path(fingerprint, device)
-    ref_path.parent.mkdir(parents=True, exist_ok=True)
-    reference = run_quality_reference(ctx, checkpoint, lane, ref_path, log_dir / "quality.log")
+    reference = (
+        prepare_quality_reference(ctx, checkpoint, fingerprint, lane, log_dir / "quality.log", timeout_s)
+        if quality
+        else {"reason": NO_QUALITY}
+    )
     calibration = None if lane is None else run_calibration(ctx, lane, log_dir / "calibration.log")
     return NodeSetup(ctx, template_s, isolation, reference, calibration)
 

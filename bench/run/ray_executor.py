@@ -74,9 +74,11 @@ def _log_dir() -> Path:
 
 
 @functools.cache
-def _node_setup(checkpoint: str, fingerprint: str, lane: str | None) -> NodeSetup:
+def _node_setup(
+    checkpoint: str, fingerprint: str, lane: str | None, quality: bool, timeout_s: float
+) -> NodeSetup:
     """This Ray worker's setup for a checkpoint and lane, done once (bench.run.node)."""
-    return prepare_node(Path(checkpoint), fingerprint, lane, _log_dir())
+    return prepare_node(Path(checkpoint), fingerprint, lane, _log_dir(), quality=quality, timeout_s=timeout_s)
 
 
 def node_identity() -> dict[str, Any]:
@@ -96,7 +98,8 @@ def run_on_node(task: NodeTask) -> dict[str, Any]:
         return compose_record(task.cell, CellOutcome("error", mismatch), trailer=node_identity())
     lane = os.environ.get("CUDA_VISIBLE_DEVICES") if task.gpu else None
     lanes = [lane]
-    node = _node_setup(str(checkpoint), task.fingerprint, lane)
+    timeout = task.timeout_s or DEFAULT_TIMEOUT_S["cuda" if task.gpu else "cpu"]
+    node = _node_setup(str(checkpoint), task.fingerprint, lane, task.quality, timeout)
     samplers = gpu_samplers(lanes)
     options = RunOptions(
         timeout_s=task.timeout_s,
@@ -106,6 +109,7 @@ def run_on_node(task: NodeTask) -> dict[str, Any]:
         model_config=json.loads((checkpoint / "config.json").read_text()),
         calibration=node.calibration,
         quality_ref=node.quality_ref,
+        quality_reason=node.quality_reason,
         faults={task.cell.cell_id: task.fault} if task.fault else {},
         trailer={**node_identity(), "isolation": node.isolation},
     )
@@ -138,6 +142,7 @@ class RayExecutor:
         address: str | None,
         timeout_s: float | None,
         budget: Budget,
+        quality: bool = True,
     ) -> None:
         self.store = store
         self.model = model
@@ -146,6 +151,7 @@ class RayExecutor:
         self.address = address
         self.timeout_s = timeout_s
         self.budget = budget
+        self.quality = quality
         self.faults = faults_from_environment()
 
     # -- the Executor protocol ---------------------------------------------------------------------
@@ -186,6 +192,7 @@ class RayExecutor:
                 gpu=gpu,
                 timeout_s=self.timeout_s,
                 budget=self.budget,
+                quality=self.quality,
                 fault=fault_for(self.faults, cell),
             )
             resources = {"num_gpus": 1} if gpu else {"num_cpus": node_cpus}

@@ -99,6 +99,7 @@ class RunOptions:
     model_config: dict[str, Any] | None = None  # the checkpoint's config.json, for derived metrics
     calibration: dict[str, Any] | None = None
     quality_ref: str | None = None  # the run's cached quality reference (safetensors)
+    quality_reason: str | None = None  # why the run has no reference (the cells' quality.reason)
     faults: dict[str, str] = field(default_factory=dict)  # test-only: cell_id or label -> fault
     trailer: dict[str, Any] = field(default_factory=dict)  # columns every record ends with (Ray: the node)
 
@@ -157,6 +158,7 @@ class Runner:
             visible_devices=self.options.lanes[lane],
             log=str(self.store.directory / log_path(cell)),
             quality_ref=self.options.quality_ref,
+            quality_reason=self.options.quality_reason,
             fault=fault_for(self.options.faults, cell),
         )
         from bench.run import worker_entry

@@ -18,6 +18,7 @@ from typing import Any
 from bench.errors import EXIT_INCOMPLETE, EXIT_OK, SpecError
 from bench.measure.outcome import CellOutcome
 from bench.measure.probes import Budget
+from bench.plan.fit import MemoryBudget
 from bench.plan.matrix import Cell, MatrixSpec
 from bench.plan.planning import make_plan
 from bench.run.compose import ModelFacts, compose_record
@@ -40,6 +41,8 @@ class RunRequest:
     live: bool | None = None
     executor: str = "local"  # or "ray"
     address: str | None = None  # Ray cluster address (None: start a local one)
+    fit_check: bool = True  # skip cells predicted not to fit (bench.plan.fit); False: --no-fit-check
+    quality: bool = True  # compute the quality reference and quality columns; False: --no-quality
 
 
 def git_commit() -> str | None:
@@ -104,7 +107,7 @@ def run_stage(request: RunRequest) -> StageResult:
             f"--min-samples={request.min_samples} must be at least 2 (a spread needs two samples)."
         )
     caps = probe_cached()
-    plan = make_plan(request.spec, caps.host)
+    plan = make_plan(request.spec, caps.host, fit_check=request.fit_check, budget=ray_budget(request, caps))
     cells = select_shard(plan.cells, request.shard) if request.shard else plan.cells
     out = request.out or default_out(request.spec)
     meta = {
@@ -130,18 +133,38 @@ def run_stage(request: RunRequest) -> StageResult:
         timeout_s=request.timeout_s,
         progress=progress,
         model_config=json.loads((plan.checkpoint / "config.json").read_text()),
+        quality=request.quality,
     )
     executor = make_executor(request, settings, caps)
-    executor.start()
+    # The node (warm template, quality reference, calibration) is set up only when a cell will run.
+    todo = [c for c in cells if c.skip_reason is None and c.cell_id not in done]
+    if todo:
+        executor.start()
+    else:
+        store.set_meta("quality_reference", {"reason": "no cell of this run needed it (none ran)"})
     progress.start(len(cells), sum(c.cell_id in done for c in cells))
     try:
         record_skips(store, cells, progress, ModelFacts(settings.model_config, executor.device()))
-        executor.run(cells)
+        if todo:
+            executor.run(cells)
     finally:
         progress.stop()
-        executor.close()
-    missing = print_summary(store, cells, executor.summary())
+        if todo:
+            executor.close()
+    how = executor.summary() if todo else "no cell ran, so no worker was started"
+    missing = print_summary(store, cells, how)
     return StageResult(store.directory, missing)
+
+
+def ray_budget(request: RunRequest, caps: Any) -> MemoryBudget | None:
+    """On Ray the cells run on other nodes, whose free memory the driver does not know: the fit check
+    uses --vram-limit when given, else it cannot decide (its columns say so). None: this host's memory."""
+    if request.executor != "ray":
+        return None
+    device = caps.host.device_type
+    if request.spec.vram_limit_bytes is not None:
+        return MemoryBudget(device, request.spec.vram_limit_bytes, "--vram-limit")
+    return MemoryBudget(device, None, "cells run on Ray nodes, whose free memory the driver does not know")
 
 
 def make_executor(request: RunRequest, settings: RunSettings, caps: Any) -> Executor:
@@ -158,6 +181,7 @@ def make_executor(request: RunRequest, settings: RunSettings, caps: Any) -> Exec
             address=request.address,
             timeout_s=request.timeout_s,
             budget=settings.budget,
+            quality=request.quality,
         )
     return LocalExecutor(settings, lanes_for(caps))
 

@@ -72,7 +72,9 @@ def run_cell_task(task: CellTask, conn: Any) -> None:
         inject(task.fault)
         # --find-max: a search of probes, each in its own process (bench.measure.findmax)
         body = run_find_max if task.cell.find_max else run_cell
-        metrics = body(task.cell, Path(task.checkpoint), task.budget, conn.send, task.quality_ref)
+        metrics = body(
+            task.cell, Path(task.checkpoint), task.budget, conn.send, task.quality_ref, task.quality_reason
+        )
         conn.send(Finished(CellOutcome("ok", metrics=metrics)))
     except BaseException as exc:  # every failure becomes a record; the runner goes on
         conn.send(Finished(classify(exc)))
