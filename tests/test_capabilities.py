@@ -219,6 +219,7 @@ def test_real_probe_does_not_initialise_cuda(real_caps: tuple[cap.Capabilities, 
     assert not torch.cuda.is_initialized()
 
 
+@pytest.mark.slow
 def test_probe_in_a_fresh_process_imports_neither_torch_nor_bitsandbytes() -> None:
     code = (
         "import sys, bench.plan.capabilities as c; c.probe_cached(); c.probe_cached(); "
