@@ -202,7 +202,7 @@ def test_child_failure_becomes_a_bitsandbytes_error() -> None:
 
 
 def test_real_probe(real_caps: tuple[cap.Capabilities, float]) -> None:
-    caps, seconds = real_caps
+    caps, _seconds = real_caps
     assert caps.cpu_cores_logical >= 1 and caps.memory_bytes > 0 and caps.cpu_model
     installed = _installed("bitsandbytes")
     assert caps.host.bitsandbytes_version == installed, caps.host.bitsandbytes_error
@@ -210,7 +210,6 @@ def test_real_probe(real_caps: tuple[cap.Capabilities, float]) -> None:
     assert caps.torch_version and caps.torch_version.split("+")[0] == _installed("torch").split("+")[0]
     if not caps.nvml:
         assert caps.nvml_error and caps.gpus_detail == () and not caps.host.cuda
-    assert seconds > 0  # how long it takes is a benchmark: tests/perf (test_capability_probe)
 
 
 def test_real_probe_does_not_initialise_cuda(real_caps: tuple[cap.Capabilities, float]) -> None:
@@ -219,6 +218,7 @@ def test_real_probe_does_not_initialise_cuda(real_caps: tuple[cap.Capabilities, 
     assert not torch.cuda.is_initialized()
 
 
+@pytest.mark.slow
 def test_probe_in_a_fresh_process_imports_neither_torch_nor_bitsandbytes() -> None:
     code = (
         "import sys, bench.plan.capabilities as c; c.probe_cached(); c.probe_cached(); "

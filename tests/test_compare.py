@@ -558,6 +558,7 @@ def test_exit_codes_through_the_registered_subcommand(tmp_path: Path) -> None:
         parser.parse_args(["compare", str(base), str(same), "--alpha", "2"])
 
 
+@pytest.mark.slow
 def test_markdown_fits_a_pull_request_comment_on_a_huge_regression() -> None:
     base = _records(seed=1, cells=1500)
     slow = _records(seed=2, cells=1500, slower=1.2)

@@ -61,6 +61,7 @@ def test_stats_equal_pytest_benchmarks_own(samples: list[float]) -> None:
     assert {k: ours[k] for k in Stats.fields} == pytest.approx(theirs.as_dict())
 
 
+@pytest.mark.slow
 def test_layout_has_every_key_pytest_benchmark_writes(grid_run: Path, real_layout: dict[str, Any]) -> None:
     ours = json.loads(export.export_pytest_benchmark(grid_run).read_text())
     assert set(real_layout) <= set(ours)

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from bench import pytest_plugin
+from bench.schema import METRICS
+
 
 @pytest.mark.slow
 def test_matrix_under_pytest_benchmark(tiny_llama, tmp_path) -> None:
@@ -58,6 +61,7 @@ def test_matrix_under_pytest_benchmark(tiny_llama, tmp_path) -> None:
     assert shown.returncode == 0 and "prefill.latency_s" in shown.stdout
 
 
+@pytest.mark.slow
 def test_without_a_matrix_it_skips_with_the_reason(tmp_path) -> None:
     result = subprocess.run(
         [
@@ -78,3 +82,9 @@ def test_without_a_matrix_it_skips_with_the_reason(tmp_path) -> None:
     )
     assert result.returncode == 0
     assert "no matrix: pass --loadbench-preset NAME or --loadbench-spec FILE" in result.stdout
+
+
+def test_benchmarked_metrics_are_the_registrys_sampled_seconds() -> None:
+    """pytest-benchmark stores seconds: the plugin feeds every sampled metric in seconds, and only those."""
+    assert pytest_plugin.METRICS == ("prefill.latency_s", "train.step_s", "decode.ttft_s", "decode.tpot_s")
+    assert all(METRICS[m].sampled and METRICS[m].unit == "s" for m in pytest_plugin.METRICS)

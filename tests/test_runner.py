@@ -177,6 +177,7 @@ def assert_each_cell_once(out: Path, expected: int) -> list[dict]:
     return records
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_runner_then_resume_runs_every_cell_once(tiny_llama, tmp_path) -> None:
     out = tmp_path / "run"
     proc = spawn_runner(tiny_llama, out, {"bfloat16/none/eager/no-ckpt/cache-auto": "sleep"})
@@ -189,6 +190,7 @@ def test_sigkill_of_the_runner_then_resume_runs_every_cell_once(tiny_llama, tmp_
     assert {r["status"] for r in records} == {"ok"}
 
 
+@pytest.mark.slow
 def test_ctrl_c_records_interrupted_and_resume_continues(tiny_llama, tmp_path) -> None:
     out = tmp_path / "run"
     proc = spawn_runner(tiny_llama, out, {"float32/none/sdpa/no-ckpt/cache-auto": "sleep"})
@@ -202,6 +204,7 @@ def test_ctrl_c_records_interrupted_and_resume_continues(tiny_llama, tmp_path) -
     assert_each_cell_once(out, 4)
 
 
+@pytest.mark.slow
 def test_two_runners_on_one_directory_never_duplicate(tiny_llama, tmp_path) -> None:
     out = tmp_path / "run"
     procs = [spawn_runner(tiny_llama, out, {}) for _ in range(2)]
