@@ -60,6 +60,7 @@ def run_command(args: argparse.Namespace) -> int:
         live=False if args.no_live else None,
         executor=args.executor,
         address=args.address,
+        online=args.online,
     )
     directory = run_stage(request)
     paths = render(directory)

@@ -1,4 +1,4 @@
-"""From a spec to a plan: resolve the model to a checkpoint, expand the cells, apply the rules."""
+"""From a spec to a plan: resolve the model (configs only), expand the cells, apply the rules."""
 
 from __future__ import annotations
 
@@ -6,12 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.errors import SpecError
 from bench.plan.cells import Cell
-from bench.plan.checkpoints import checkpoint_fingerprint, list_presets, make_checkpoint
+from bench.plan.models import ResolvedModel, materialize, resolve
 from bench.plan.rules import expand
 from bench.plan.spec import MatrixSpec
-from loader.files import check_local_model_dir
 from loader.host import HostCapabilities
 
 
@@ -23,6 +21,7 @@ class Plan:
     checkpoint: Path
     fingerprint: str
     cells: list[Cell]
+    model: ResolvedModel | None = None
 
     @property
     def runnable(self) -> list[Cell]:
@@ -43,22 +42,26 @@ class Plan:
         ]
 
 
-def resolve_model(model: str) -> Path:
-    """A synthetic preset name becomes its (cached) checkpoint; a local directory is checked and used."""
-    if model in list_presets():
-        return make_checkpoint(model)
-    path = Path(model).expanduser()
-    if path.is_dir() and (path / "config.json").is_file():
-        return path  # its weights are checked by each cell's loader, so damage ends cells as errors
-    if path.exists():
-        return check_local_model_dir(path)  # raises the sentence for a file or a dir without config.json
-    raise SpecError(
-        f"model {model!r} is neither an architecture preset ({', '.join(list_presets())}) nor a local checkpoint directory."
+def resolve_spec_model(spec: MatrixSpec, *, online: bool = False) -> ResolvedModel:
+    """The spec's model, resolved (config files only) with the spec's revision, trust and weights."""
+    load = dict(spec.load)
+    return resolve(
+        spec.model,
+        revision=load.get("revision"),
+        weights=spec.weights,
+        online=online,
+        trust_remote_code=bool(load.get("trust_remote_code", False)),
     )
 
 
-def make_plan(spec: MatrixSpec, caps: HostCapabilities) -> Plan:
-    """The plan of a spec on a host: its checkpoint (built if it is a preset), fingerprint and cells."""
-    checkpoint = resolve_model(spec.model)
-    fingerprint = checkpoint_fingerprint(checkpoint)
-    return Plan(spec, checkpoint, fingerprint, expand(spec, checkpoint, fingerprint, caps))
+def resolve_model(model: str, **options: Any) -> Path:
+    """The loadable directory of a model (built if it has random weights): what a Ray node needs."""
+    return materialize(resolve(model, **options))
+
+
+def make_plan(spec: MatrixSpec, caps: HostCapabilities, *, online: bool = False) -> Plan:
+    """The plan of a spec on a host: the resolved model, its fingerprint and cells. Reads configs only:
+    random weights are built by `run` (bench.plan.models.materialize), never here."""
+    model = resolve_spec_model(spec, online=online)
+    cells = expand(spec, model.checkpoint, model.fingerprint, caps, model=model)
+    return Plan(spec, model.checkpoint, model.fingerprint, cells, model)

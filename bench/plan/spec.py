@@ -62,7 +62,7 @@ LOAD_KNOBS = (
     "chat_template",
 )
 
-# Hub ids of recipes -> synthetic architecture presets of the same shape (no hub here).
+# Hub ids of recipes -> built-in presets of the same shape: the resolver's not-found sentence offers them.
 HUB_TO_PRESET = {
     "qwen/qwen2.5-0.5b": "qwen2.5-0.5b",
     "qwen/qwen2.5-1.5b": "qwen2.5-1.5b",
@@ -101,6 +101,7 @@ class MatrixSpec:
     load: tuple[tuple[str, Any], ...] = ()
     vram_limit_bytes: int | None = None  # emulate a smaller GPU (or cap CPU memory); part of what is measured
     name: str = "custom"
+    weights: str = "auto"  # auto (real when the checkpoint has them) | real | random (bench.plan.models)
 
     def __post_init__(self) -> None:
         _check_axis("dtype", self.dtype, DTYPES)
@@ -119,6 +120,8 @@ class MatrixSpec:
             raise SpecError(f"vram_limit_bytes={self.vram_limit_bytes!r} must be a positive number of bytes.")
         if not isinstance(self.threads, int) or self.threads < 1:
             raise SpecError(f"threads={self.threads!r} must be a positive integer.")
+        if self.weights not in ("auto", "real", "random"):
+            raise SpecError(f"weights={self.weights!r} is not allowed; use one of: 'auto', 'real', 'random'.")
         for key, _ in self.load:
             if key not in LOAD_KNOBS:
                 raise SpecError(
@@ -129,6 +132,8 @@ class MatrixSpec:
         """JSON-able: the spec as run.json stores it (load knobs as a mapping)."""
         out = dataclasses.asdict(self)
         out["load"] = dict(self.load)
+        if out["weights"] == "auto":  # absent when default, so spec hashes of earlier runs still match
+            out.pop("weights")
         return out
 
     def spec_hash(self) -> str:
@@ -208,16 +213,15 @@ class MatrixSpec:
 
 
 def recipe_model(name: str) -> str:
-    """A recipe's model: a local path as it is, a hub id as the synthetic preset of its architecture."""
-    if Path(name).expanduser().exists():
-        return name
-    key = name.lower().removesuffix("-instruct")
-    if key in HUB_TO_PRESET:
-        return HUB_TO_PRESET[key]
-    raise SpecError(
-        f"recipe model {name!r} is not a local directory and has no synthetic preset; "
-        f"known hub ids: {', '.join(sorted(HUB_TO_PRESET))}."
-    )
+    """A recipe's model as the resolver takes it (bench.plan.models): a local path or a hub id, as given.
+
+    Hub ids are no longer swapped for presets: the plan resolves them in the Hugging Face cache (or,
+    with --online, fetches their config), and when that fails its sentence names the preset of the
+    same shape (HUB_TO_PRESET) as one of the fixes.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise SpecError(f"recipe model_name_or_path={name!r} must be a hub id or a local path.")
+    return name
 
 
 def load_preset(name: str) -> MatrixSpec:
@@ -230,7 +234,7 @@ def load_preset(name: str) -> MatrixSpec:
 
 
 def _as_axis(name: str, value: Any) -> Any:
-    if name in ("model", "name", "threads", "vram_limit_bytes"):
+    if name in ("model", "name", "threads", "vram_limit_bytes", "weights"):
         return value
     if name == "grad_ckpt":
         items = (

@@ -24,6 +24,7 @@ from bench.run.compose import ModelFacts, compose_record
 from bench.run.executor import Executor, LocalExecutor, RunSettings
 from bench.run.progress import Progress, make_progress
 from bench.run.store import RunStore, select_shard
+from bench.run.weights import materialize_visibly
 
 
 @dataclass
@@ -38,6 +39,7 @@ class RunRequest:
     live: bool | None = None
     executor: str = "local"  # or "ray"
     address: str | None = None  # Ray cluster address (None: start a local one)
+    online: bool = False  # allow fetching the model's config and tokenizer (never weights) from the hub
 
 
 def git_commit() -> str | None:
@@ -89,7 +91,9 @@ def run_stage(request: RunRequest) -> Path:
             f"--min-samples={request.min_samples} must be at least 2 (a spread needs two samples)."
         )
     caps = probe_cached()
-    plan = make_plan(request.spec, caps.host)
+    plan = make_plan(request.spec, caps.host, online=request.online)
+    if plan.model is not None:
+        materialize_visibly(plan.model)  # random weights are built here, never by `plan`
     cells = select_shard(plan.cells, request.shard) if request.shard else plan.cells
     out = request.out or default_out(request.spec)
     meta = {
@@ -97,7 +101,15 @@ def run_stage(request: RunRequest) -> Path:
         "spec": request.spec.to_dict(),
         "plan": plan.to_dict(),
         "shard": request.shard,
-        "checkpoint": {"path": str(plan.checkpoint), "fingerprint": plan.fingerprint},
+        "checkpoint": {
+            "path": str(plan.checkpoint),
+            "fingerprint": plan.fingerprint,
+            **(
+                {"source": plan.model.source, "weights": plan.model.weights, "name": plan.model.name}
+                if plan.model is not None
+                else {}
+            ),
+        },
         "environment": run_environment(caps),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
