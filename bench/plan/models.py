@@ -173,18 +173,15 @@ def materialize(model: ResolvedModel, progress: Progress | None = None) -> Path:
 
 # ------------------------------------------------------------------------------------------ internals
 def _cached_snapshot(repo_id: str, revision: str) -> Path | None:
-    """The snapshot directory huggingface_hub would use offline, when it holds a config.json."""
-    import huggingface_hub
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+    """The snapshot directory holding the hub id's config.json in the cache, as huggingface_hub finds it
+    offline (refs/<revision> -> snapshots/<sha>); try_to_load_from_cache keeps `plan` light (no hf_api)."""
+    from huggingface_hub import try_to_load_from_cache
 
     try:
-        folder = huggingface_hub.snapshot_download(
-            repo_id, revision=revision, local_files_only=True, cache_dir=_hub_cache()
-        )
-    except (LocalEntryNotFoundError, HFValidationError, FileNotFoundError, ValueError):
+        found = try_to_load_from_cache(repo_id, "config.json", cache_dir=_hub_cache(), revision=revision)
+    except ValueError:  # HFValidationError: not a valid repo id, so not in the cache
         return None
-    path = Path(folder)
-    return path if (path / "config.json").is_file() else None
+    return Path(found).parent if isinstance(found, str) else None
 
 
 def _hub_cache() -> str:
