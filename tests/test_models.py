@@ -190,3 +190,40 @@ def test_random_build_uses_the_snapshots_tokenizer(hub: Path, tiny_llama: Path) 
     marker = json.loads((path / MARKER).read_text())
     assert marker["hash"] == model.fingerprint and marker["config_overrides"] == {}
     assert json.loads((path / "config.json").read_text())["model_type"] == "mistral"
+
+
+# ------------------------------------------------------------------------------- end to end (slow)
+def _run(model: str, out: Path, *extra: str) -> list[dict[str, Any]]:
+    from bench.cli import main
+    from bench.run.store import RunStore
+
+    args = ["run", "--model", model, "--dtype", "float32", "--quant", "none", "--attn", "sdpa"]
+    args += ["--grad-ckpt", "off", "--seq", "16", "--new-tokens", "4", "--budget", "0.2", "--no-live"]
+    assert main([*args, "--out", str(out), *extra]) == 0
+    return RunStore.open(out).records()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["mistral", "qwen3_moe", "gemma"])
+def test_run_a_config_only_hub_model_end_to_end(hub: Path, tmp_path: Path, arch: str, capfd) -> None:
+    add_snapshot(hub, f"tiny/{arch}", {"config.json": TINY_CONFIGS[arch]})
+    (record,) = _run(f"tiny/{arch}", tmp_path / "run")
+    assert record["status"] == "ok", record.get("reason")
+    assert (record["model_source"], record["weights"], record["model"]) == (
+        "hf-cache",
+        "random",
+        f"tiny/{arch}",
+    )
+    assert record["prefill.tokens_per_s"] > 0 and record["decode.tokens_per_s"] > 0
+    assert "building random weights" in capfd.readouterr().err  # the build is visible, in `run`
+
+
+@pytest.mark.slow
+def test_run_a_full_snapshot_with_real_weights(hub: Path, tmp_path: Path, tiny_llama: Path) -> None:
+    snap = add_snapshot(hub, "org/llama", tiny_llama)
+    (snap / MARKER).unlink()
+    (record,) = _run("org/llama", tmp_path / "run")
+    assert record["status"] == "ok", record.get("reason")
+    assert (record["model_source"], record["weights"]) == ("hf-cache", "real")
+    assert record["checkpoint"] == checkpoint_fingerprint(snap)
+    assert not (hub.parent / "lb" / "checkpoints").exists()  # nothing built for real weights
