@@ -96,13 +96,20 @@ def test_real_weights_asked_of_a_config_only_snapshot_is_one_sentence(hub: Path)
 
 
 def test_custom_code_needs_trust_remote_code(hub: Path) -> None:
-    config = {**TINY_CONFIGS["llama"], "auto_map": {"AutoModelForCausalLM": "modeling_doge.DogeForCausalLM"}}
+    config = {
+        **TINY_CONFIGS["llama"],
+        "model_type": "my_doge",
+        "auto_map": {"AutoModelForCausalLM": "modeling_doge.DogeForCausalLM"},
+    }
     config["architectures"] = ["DogeForCausalLM"]
     add_snapshot(hub, "org/doge", {"config.json": config, "modeling_doge.py": b"# custom\n"})
     with pytest.raises(SpecError, match=r"needs its own code .*--trust-remote-code"):
         resolve("org/doge")
     model = resolve("org/doge", trust_remote_code=True)
     assert model.trust_remote_code and "modeling_doge.py" in dict(model.copied)
+    # a model_type transformers ships itself needs no custom code, auto_map or not (Doge in transformers 5)
+    add_snapshot(hub, "org/native", {"config.json": {**config, "model_type": "llama"}})
+    assert resolve("org/native").source == "hf-cache"
 
 
 def test_a_vision_language_config_is_refused_with_a_sentence(hub: Path) -> None:

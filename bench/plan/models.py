@@ -233,7 +233,7 @@ def _not_found(name: str, revision: str, hub_like: bool, presets: list[str]) -> 
 def _check_config(name: str, config: dict[str, Any], trust_remote_code: bool) -> None:
     """Refuse custom code unless allowed, and configs that are not causal language models."""
     auto_map = config.get("auto_map")
-    if auto_map and not trust_remote_code:
+    if auto_map and not trust_remote_code and not _native(config.get("model_type")):
         raise SpecError(
             f"model {name!r} needs its own code (config.json has auto_map: "
             f"{', '.join(sorted(auto_map)) if isinstance(auto_map, dict) else auto_map}); loadbench never "
@@ -249,6 +249,23 @@ def _check_config(name: str, config: dict[str, Any], trust_remote_code: bool) ->
             "language model (…ForCausalLM); loadbench measures causal LMs, so pass its text-only "
             "variant or another model."
         )
+
+
+def _native(model_type: Any) -> bool:
+    """Whether the installed transformers ships this model_type itself (models/<type>/), so a config's
+    auto_map is not needed: transformers uses its own class. Looked up on disk: importing transformers
+    would cost `plan` seconds."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("transformers")
+    if (
+        not isinstance(model_type, str)
+        or not model_type
+        or spec is None
+        or not spec.submodule_search_locations
+    ):
+        return False
+    return (Path(spec.submodule_search_locations[0]) / "models" / model_type.replace("-", "_")).is_dir()
 
 
 def _read_config(path: Path) -> dict[str, Any]:
