@@ -177,6 +177,12 @@ def test_online_fetches_configs_only(hub: Path, tmp_path: Path, monkeypatch: pyt
     assert resolve("google/gemma-tiny").source == "hub"
 
 
+def test_a_loadbench_build_given_by_path_is_used_as_it_is(tiny_llama: Path) -> None:
+    model = resolve(str(tiny_llama))
+    assert (model.source, model.weights, model.built) == ("local", "random", True)
+    assert model.fingerprint == checkpoint_fingerprint(tiny_llama) and materialize(model) == tiny_llama
+
+
 def test_preset_keeps_its_cache_entry(ckpt_cache: Path, tiny_llama: Path) -> None:
     model = resolve("tiny-llama", cache_dir=ckpt_cache)
     assert (model.source, model.weights, model.checkpoint) == ("preset", "random", tiny_llama)

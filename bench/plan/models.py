@@ -82,7 +82,9 @@ class ResolvedModel:
     @property
     def built(self) -> bool:
         """Whether the checkpoint's files exist (real weights, or random ones already in the cache)."""
-        return self.weights == "real" or marker_key(self.checkpoint) == self.fingerprint
+        if self.weights == "real" or self.checkpoint == self.source_dir:  # used where it is
+            return True
+        return marker_key(self.checkpoint) == self.fingerprint
 
     def describe(self) -> str:
         """One line for `plan` and `run`: what the model is and where it comes from."""

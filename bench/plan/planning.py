@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.plan.cells import Cell
-from bench.plan.models import ResolvedModel, materialize, resolve
+from bench.plan.models import ResolvedModel, resolve
 from bench.plan.rules import expand
 from bench.plan.spec import MatrixSpec
 from loader.host import HostCapabilities
@@ -52,11 +52,6 @@ def resolve_spec_model(spec: MatrixSpec, *, online: bool = False) -> ResolvedMod
         online=online,
         trust_remote_code=bool(load.get("trust_remote_code", False)),
     )
-
-
-def resolve_model(model: str, **options: Any) -> Path:
-    """The loadable directory of a model (built if it has random weights): what a Ray node needs."""
-    return materialize(resolve(model, **options))
 
 
 def make_plan(spec: MatrixSpec, caps: HostCapabilities, *, online: bool = False) -> Plan:
