@@ -240,3 +240,11 @@ def test_run_a_full_snapshot_with_real_weights(hub: Path, tmp_path: Path, tiny_l
     assert (record["model_source"], record["weights"]) == ("hf-cache", "real")
     assert record["checkpoint"] == checkpoint_fingerprint(snap)
     assert not (hub.parent / "lb" / "checkpoints").exists()  # nothing built for real weights
+
+
+def test_plan_of_a_preset_builds_nothing(hub: Path) -> None:
+    """The default run's preset is built by `run`, not `plan`; its cell ids are the same either way."""
+    plan = make_plan(MatrixSpec(), CPU)
+    assert plan.model is not None and plan.model.source == "preset" and not plan.model.built
+    assert not _files(hub.parent / "lb")
+    assert plan.fingerprint == resolve("tiny-llama").fingerprint
