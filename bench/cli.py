@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from bench.commands import (
+    cache,
     checkpoint,
     compare,
     env,
@@ -22,7 +23,7 @@ from bench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 from loader.errors import LoadConfigError
 
 # The subcommands in `loadbench --help` order; each module adds its parser with register(subparsers).
-COMMANDS = (run, plan, env, checkpoint, report, compare, recommend, export, estimate, merge)
+COMMANDS = (run, plan, env, checkpoint, cache, report, compare, recommend, export, estimate, merge)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,6 +27,8 @@ __all__ = [
     "MATCH_KNOBS",
     "METRICS",
     "MISSING_STATUS",
+    "MODEL_COLUMNS",
+    "MODEL_SOURCES",
     "NON_FINAL_STATUSES",
     "PEAK_SOURCES",
     "PHASES",
@@ -36,6 +38,7 @@ __all__ = [
     "STATUSES",
     "STOP_REASONS",
     "TRAIN_MODES",
+    "WEIGHTS",
     "WORKLOADS",
     "Metric",
     "cell_label",
@@ -90,6 +93,13 @@ MATCH_KNOBS = ("dtype", "quant", "attn", "grad_ckpt", "use_cache", "batch", "seq
 WORKLOADS = ("prefill", "train", "decode")
 # Memory phases: the load and each workload.
 PHASES = ("load", "prefill", "decode", "train")
+
+# Where a cell's model came from (bench.plan.models resolves it in this order) and which weights it had.
+MODEL_SOURCES = ("local", "hf-cache", "hub", "preset")
+WEIGHTS = ("real", "random")
+# Record columns that say what model a cell measured, beside the knobs (not part of cell_id: the
+# checkpoint fingerprint already tells real from random weights).
+MODEL_COLUMNS = ("model_source", "weights", "trust_remote_code")
 
 # --- metrics ---------------------------------------------------------------------------------------------
 Better = Literal["higher", "lower"]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from loader.errors import bad_value
 
@@ -37,6 +38,11 @@ def checkpoint_dtype(config_dir: Path) -> str:
         cfg = json.loads((config_dir / "config.json").read_text())
     except (OSError, ValueError):
         return "float32"
+    return config_dtype(cfg)
+
+
+def config_dtype(cfg: Mapping[str, Any]) -> str:
+    """The dtype a config.json dict declares (`dtype`, else `torch_dtype`), float32 when neither."""
     declared = cfg.get("dtype") or cfg.get("torch_dtype")
     try:
         resolved = normalize_dtype(declared)

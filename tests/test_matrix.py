@@ -116,7 +116,7 @@ def test_yaml_spec_unknown_key(tmp_path) -> None:
 
 def test_recipe_becomes_one_cell_on_its_architecture(recipes_dir) -> None:
     spec = MatrixSpec.from_recipe(recipes_dir / "Qwen2.5-1.5B-Instruct-grpo-config_demo.yaml")
-    assert spec.model == "qwen2.5-1.5b"
+    assert spec.model == "Qwen/Qwen2.5-1.5B-Instruct"  # resolved at plan time (tests/test_models.py)
     assert (spec.dtype, spec.attn, spec.grad_ckpt, spec.quant) == (
         ("bfloat16",),
         ("flash_attention_2",),
@@ -125,7 +125,7 @@ def test_recipe_becomes_one_cell_on_its_architecture(recipes_dir) -> None:
     )
     assert spec.shape.batch == 16 and spec.shape.seq == 1536
     sft = MatrixSpec.from_recipe(recipes_dir / "SmolLM2-1.7B-Instruct-sft-config.yaml")
-    assert (sft.model, sft.attn, sft.shape.seq) == ("smollm2-1.7b", ("sdpa",), 8192)
+    assert (sft.model, sft.attn, sft.shape.seq) == ("HuggingFaceTB/SmolLM2-1.7B-Instruct", ("sdpa",), 8192)
 
 
 def test_unknown_preset() -> None:

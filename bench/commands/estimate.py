@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from bench.errors import EXIT_OK
-from bench.plan.estimate_table import estimate_table
+from bench.plan.estimate_table import arch_for, estimate_table
 
 __all__ = ["register", "run"]
 
@@ -26,6 +26,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--arch", default="qwen2.5-1.5b", help="architecture preset, checkpoint dir or config.json"
     )
+    p.add_argument(
+        "--model",
+        help="any resolvable model: hub id in the HF cache, local path or preset (overrides --arch)",
+    )
+    p.add_argument("--revision", help="hub revision of --model (default: main)")
+    p.add_argument("--online", action="store_true", help="allow fetching --model's config.json from the hub")
+    p.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true")
     p.add_argument("--vram", default=None, help="memory to fit in, e.g. 24GiB (default: no fit column)")
     p.add_argument("--task", choices=("train", "infer"), default="train")
     p.add_argument("--preset", default="gpu", help="matrix preset whose axes and shape are the defaults")
@@ -54,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         style = {"no": "red", "tight": "yellow"}.get(row[-1]) if args.vram else None
         table.add_row(*row, style=style)
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
+    for note in arch_for(args)[1].unmodelled:
+        print(f"not modelled: {note}.")
     if args.vram:
         print("fits: yes = peak ≤ 90 % of the memory (room for allocator fragmentation); tight = ≤ 100 %.")
     return EXIT_OK

@@ -32,6 +32,7 @@ SPEC_OVERRIDES = (
     "max_batch",
     "max_seq",
     "at_max",
+    "weights",
 )
 
 
@@ -40,7 +41,27 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", nargs="?", help="matrix spec YAML (default: the 'default' preset)")
     p.add_argument("--preset", help="a matrix preset from bench/presets (default, gpu)")
     p.add_argument("--recipe", help="an open-r1 / TRL recipe YAML: one cell with its knobs and shape")
-    p.add_argument("--model", help="architecture preset name or local checkpoint directory")
+    p.add_argument(
+        "--model",
+        help="hub id (ORG/NAME, from the Hugging Face cache), local checkpoint directory, or preset name",
+    )
+    p.add_argument("--revision", help="hub revision (branch, tag or commit) of --model (default: main)")
+    p.add_argument(
+        "--weights",
+        choices=("auto", "real", "random"),
+        help="real: the checkpoint's own weights; random: built from config.json (default: real when present)",
+    )
+    p.add_argument(
+        "--online",
+        action="store_true",
+        help="allow fetching config.json and tokenizer files (never weights) from the hub",
+    )
+    p.add_argument(
+        "--trust-remote-code",
+        dest="trust_remote_code",
+        action="store_true",
+        help="allow a model's own code to run (recorded in every record; never implied)",
+    )
     p.add_argument("--dtype", help="comma list: auto,bfloat16,float16,float32")
     p.add_argument("--quant", help="comma list: none,nf4,fp4,nf4-dq,fp4-dq,8bit")
     p.add_argument("--attn", help="comma list: eager,sdpa,flash_attention_2,flash_attention_3,flex_attention")
@@ -100,12 +121,17 @@ def load_spec(args: argparse.Namespace) -> Any:
         spec = MatrixSpec.from_yaml(args.spec)
     else:
         spec = load_preset(args.preset or "default")
-    spec = spec.with_overrides(**{k: getattr(args, k) for k in SPEC_OVERRIDES})
+    spec = spec.with_overrides(**{k: getattr(args, k, None) for k in SPEC_OVERRIDES})
     if getattr(args, "vram_limit", None):
         from bench.units import parse_size
 
         spec = spec.with_overrides(vram_limit_bytes=parse_size(args.vram_limit, "--vram-limit"))
-    return spec
+    load = dict(spec.load)
+    if getattr(args, "revision", None):
+        load["revision"] = args.revision
+    if getattr(args, "trust_remote_code", False):
+        load["trust_remote_code"] = True
+    return spec.with_overrides(load=tuple(sorted(load.items()))) if load != dict(spec.load) else spec
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -125,7 +151,9 @@ def run(args: argparse.Namespace) -> int:
     from bench.plan.planning import make_plan
     from bench.units import fmt_bytes
 
-    plan = make_plan(load_spec(args), probe_cached().host, fit_check=args.fit_check)
+    plan = make_plan(load_spec(args), probe_cached().host, online=args.online, fit_check=args.fit_check)
+    if plan.model is not None:
+        print(f"model {plan.model.describe()}")
     table = Table(title=f"{plan.spec.name}: {len(plan.runnable)} of {len(plan.cells)} cells run")
     for col in (
         "cell_id",

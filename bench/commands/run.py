@@ -61,6 +61,7 @@ def run_command(args: argparse.Namespace) -> int:
         address=args.address,
         fit_check=args.fit_check,
         quality=args.quality,
+        online=args.online,
     )
     result = run_stage(request)
     paths = render(result.directory)

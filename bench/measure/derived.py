@@ -42,16 +42,11 @@ def datasheet_peak(gpu_name: str) -> tuple[float, float] | None:
 
 
 def matmul_params(config: Mapping[str, Any]) -> int:
-    """N: parameters that take part in a matrix multiply per token (decoder layers + LM head)."""
-    h = config["hidden_size"]
-    heads = config["num_attention_heads"]
-    kv = config.get("num_key_value_heads") or heads
-    head_dim = config.get("head_dim") or h // heads
-    layers = config["num_hidden_layers"]
-    inter = config["intermediate_size"]
-    attn = h * heads * head_dim + 2 * h * kv * head_dim + heads * head_dim * h
-    mlp = 3 * h * inter
-    return layers * (attn + mlp) + config["vocab_size"] * h
+    """N: parameters that take part in a matrix multiply per token (decoder layers + LM head); in a
+    mixture of experts only the top-k routed experts (and the router) count."""
+    from bench.plan.estimate_arch import arch_from_config
+
+    return arch_from_config(config).active_matmul_params
 
 
 def attention_flops_per_token(config: Mapping[str, Any], seq: int) -> float:

@@ -55,6 +55,10 @@ class Cell:
         return dict(self.search)
 
     fit: tuple[tuple[str, Any], ...] = ()  # the fit check's columns (bench.plan.fit); not part of cell_id
+    # Where the model came from and which weights it has (bench.plan.models); not part of cell_id,
+    # because the checkpoint fingerprint already differs between real and random weights.
+    model_source: str | None = None
+    weights: str | None = None
 
     @property
     def cell_id(self) -> str:
@@ -115,6 +119,9 @@ class Cell:
             "reason": reason,
             "label": self.label,
             **self.knobs(),
+            "model_source": self.model_source,
+            "weights": self.weights,
+            "trust_remote_code": bool(dict(self.load).get("trust_remote_code", False)),
         }
 
     def load_config(self, model_path: str | Path) -> LoadConfig:

@@ -18,6 +18,7 @@ import os
 import shutil
 import struct
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,14 @@ __all__ = [
     "MARKER",
     "PRESET_DIR",
     "CheckpointError",
+    "build_into",
     "cache_root",
     "checkpoint_fingerprint",
     "checkpoint_weights",
     "list_presets",
     "load_preset",
     "make_checkpoint",
+    "marker_key",
 ]
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "presets" / "arch"
@@ -89,17 +92,22 @@ def make_checkpoint(
             if not dest.is_dir():
                 raise CheckpointError(f"out_dir {str(dest)!r} is a file, not a directory.")
             if any(dest.iterdir()):
-                if _marker_key(dest) == key:
+                if marker_key(dest) == key:
                     return dest
                 raise CheckpointError(
                     f"out_dir {str(dest)!r} is not empty; pass an empty or new directory so no files are mixed."
                 )
 
+    return build_into(dest, key, lambda tmp: build(tmp, preset, spec, dtype, seed, key))
+
+
+def build_into(dest: Path, key: str, write: Callable[[Path], None]) -> Path:
+    """Run `write` on a temporary directory beside `dest`, then rename it into place (atomic publish)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; a shared cache must be readable by others
-        build(tmp, preset, spec, dtype, seed, key)
+        write(tmp)
         return _publish(tmp, dest, key)
     finally:
         if tmp.exists():
@@ -164,7 +172,7 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir).expanduser().resolve()
 
 
-def _marker_key(path: Path) -> str | None:
+def marker_key(path: Path) -> str | None:
     try:
         return json.loads((path / MARKER).read_text(encoding="utf-8")).get("hash")
     except (OSError, ValueError):
@@ -181,6 +189,6 @@ def _publish(tmp: Path, dest: Path, key: str) -> Path:
     except OSError as exc:
         if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
             raise
-    if _marker_key(dest) == key:
+    if marker_key(dest) == key:
         return dest
     raise CheckpointError(f"{str(dest)!r} was filled by someone else while this checkpoint was being built.")

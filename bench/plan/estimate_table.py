@@ -10,12 +10,12 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from bench.plan.estimate_arch import config_for
+from bench.plan.estimate_arch import Arch, arch_from_config, config_for
 from bench.plan.estimate_phases import breakdown
 from bench.plan.spec import load_preset
 from bench.units import fmt_bytes, parse_size
 
-__all__ = ["estimate_table"]
+__all__ = ["arch_for", "estimate_table"]
 
 
 def _axis(text: str | None, default: Sequence[Any]) -> list[Any]:
@@ -25,10 +25,27 @@ def _axis(text: str | None, default: Sequence[Any]) -> list[Any]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
 
+def arch_for(args: argparse.Namespace) -> tuple[str, Arch]:
+    """The model the table is about and its shapes: --model through the resolver (hub id in the cache,
+    --online config, local path, preset: config only, nothing built), else --arch as before."""
+    model = getattr(args, "model", None)
+    if not model:
+        return args.arch, config_for(args.arch)
+    from bench.plan.models import resolve
+
+    resolved = resolve(
+        model,
+        revision=getattr(args, "revision", None),
+        online=bool(getattr(args, "online", False)),
+        trust_remote_code=bool(getattr(args, "trust_remote_code", False)),
+    )
+    return model, arch_from_config(resolved.config)
+
+
 def estimate_table(args: argparse.Namespace) -> tuple[list[str], list[list[str]], str]:
     """Header, rows and title of the `loadbench estimate` table (separate from printing, for tests)."""
     spec = load_preset(args.preset)
-    arch = config_for(args.arch)
+    name, arch = arch_for(args)
     vram = parse_size(args.vram, "--vram") if args.vram else None
     batch = args.batch or spec.shape.batch
     seq = args.seq or spec.shape.seq
@@ -66,7 +83,7 @@ def estimate_table(args: argparse.Namespace) -> tuple[list[str], list[list[str]]
             row.append("yes" if peak <= 0.9 * vram else "tight" if peak <= vram else "no")
         rows.append(row)
     title = (
-        f"{args.arch}: predicted peak memory, {args.task}, batch {batch} × seq {seq}"
+        f"{name}: predicted peak memory, {args.task}, batch {batch} × seq {seq}"
         + (f", {new} new tokens" if args.task == "infer" else "")
         + (" (incl. CUDA context)" if args.device == "cuda" else " (tensors; add the process RSS)")
     )

@@ -22,7 +22,15 @@ __all__ = [
 def _quant_bytes(arch: Arch, quant: str) -> int:
     """Bytes of the decoder linears' weights under a quantization (without the rest of the model)."""
     total = 0
-    for i, o, _ in arch.linears:
+    for count, group in arch.linear_groups:
+        total += count * _group_quant_bytes(group, quant)
+    return total
+
+
+def _group_quant_bytes(group: tuple[tuple[int, int, bool], ...], quant: str) -> int:
+    """Bytes of one layer's linears of a group under a quantization."""
+    total = 0
+    for i, o, _ in group:
         n = i * o
         if quant in ("nf4", "fp4"):
             total += (n + 1) // 2 + math.ceil(n / 64) * 4
@@ -33,7 +41,7 @@ def _quant_bytes(arch: Arch, quant: str) -> int:
             total += n + o * 4
         else:
             raise ValueError(f"unknown quantization {quant!r}")
-    return arch.layers * total
+    return total
 
 
 def weight_bytes(arch: Arch, dtype: str, quant: str, *, kbit_training: bool = False) -> int:
@@ -135,7 +143,7 @@ def forward_peak(
     Alive throughout: the embedding output (the model keeps `inputs_embeds`), the residual stream,
     eager's 4-D mask; plus the KV cache being filled (kv_bytes: all layers, prompt length).
     """
-    h, q, kv, i = arch.hidden, arch.q_dim, arch.kv_dim, arch.inter
+    h, q, kv, i = arch.hidden, arch.q_dim, arch.kv_dim, arch.act_inter
     t = batch * seq
     # the embedding output stays referenced for the whole forward; rotary cos/sin and their float32
     # intermediates (about five head_dim-wide float32 rows per token)
@@ -162,7 +170,7 @@ def saved_per_token_layer(arch: Arch, *, a: int, backend: str, ctx: int, lora: b
     next linear's input); a trainable norm weight also saves the normalised value it multiplies.
     Under LoRA the norms are frozen, so that one is not kept.
     """
-    h, i = arch.hidden, arch.inter
+    h, i = arch.hidden, arch.act_inter
     norms = 2 * (4 + a + (0 if lora else a)) * h
     mlp = 4 * a * i  # gate output (silu input), silu output, up output, product (down input)
     lora_mid = 7 * 4 * LORA_RANK if lora else 0  # each adapter's A output, float32
@@ -171,4 +179,4 @@ def saved_per_token_layer(arch: Arch, *, a: int, backend: str, ctx: int, lora: b
 
 def int8_kept_per_token_layer(arch: Arch, a: int) -> float:
     """Linear inputs MatMul8bitLt keeps on ctx.tensors (outside saved-tensor hooks) per token-layer."""
-    return a * (arch.hidden + arch.q_dim + arch.hidden + arch.inter)
+    return a * (arch.hidden + arch.q_dim + arch.hidden + arch.act_inter)

@@ -1,19 +1,16 @@
-"""From a spec to a plan: resolve the model to a checkpoint, expand the cells, apply the rules."""
+"""From a spec to a plan: resolve the model (configs only), expand the cells, apply the rules."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.errors import SpecError
 from bench.plan.cells import Cell
-from bench.plan.checkpoints import checkpoint_fingerprint, list_presets, make_checkpoint
 from bench.plan.fit import MemoryBudget, apply_fit_check, available_memory
+from bench.plan.models import ResolvedModel, resolve
 from bench.plan.rules import expand
 from bench.plan.spec import MatrixSpec
-from loader.files import check_local_model_dir
 from loader.host import HostCapabilities
 
 
@@ -25,6 +22,7 @@ class Plan:
     checkpoint: Path
     fingerprint: str
     cells: list[Cell]
+    model: ResolvedModel | None = None
 
     @property
     def runnable(self) -> list[Cell]:
@@ -46,37 +44,41 @@ class Plan:
         ]
 
 
-def resolve_model(model: str) -> Path:
-    """A synthetic preset name becomes its (cached) checkpoint; a local directory is checked and used."""
-    if model in list_presets():
-        return make_checkpoint(model)
-    path = Path(model).expanduser()
-    if path.is_dir() and (path / "config.json").is_file():
-        return path  # its weights are checked by each cell's loader, so damage ends cells as errors
-    if path.exists():
-        return check_local_model_dir(path)  # raises the sentence for a file or a dir without config.json
-    raise SpecError(
-        f"model {model!r} is neither an architecture preset ({', '.join(list_presets())}) nor a local checkpoint directory."
+def resolve_spec_model(spec: MatrixSpec, *, online: bool = False) -> ResolvedModel:
+    """The spec's model, resolved (config files only) with the spec's revision, trust and weights."""
+    load = dict(spec.load)
+    return resolve(
+        spec.model,
+        revision=load.get("revision"),
+        weights=spec.weights,
+        online=online,
+        trust_remote_code=bool(load.get("trust_remote_code", False)),
     )
 
 
 def make_plan(
-    spec: MatrixSpec, caps: HostCapabilities, *, fit_check: bool = True, budget: MemoryBudget | None = None
+    spec: MatrixSpec,
+    caps: HostCapabilities,
+    *,
+    online: bool = False,
+    fit_check: bool = True,
+    budget: MemoryBudget | None = None,
 ) -> Plan:
-    """The plan of a spec on a host: its checkpoint (built if it is a preset), fingerprint and cells.
+    """The plan of a spec on a host: the resolved model, its fingerprint and cells. Reads configs only:
+    random weights are built by `run` (bench.plan.models.materialize), never here.
 
     fit_check: skip cells predicted not to fit (bench.plan.fit) in `budget`, by default what this
     host has now (free GPU memory or available RAM, capped by the spec's vram limit).
     """
-    checkpoint = resolve_model(spec.model)
-    fingerprint = checkpoint_fingerprint(checkpoint)
-    cells = expand(spec, checkpoint, fingerprint, caps)
-    return Plan(spec, checkpoint, fingerprint, check_fit(cells, checkpoint, caps, spec, fit_check, budget))
+    model = resolve_spec_model(spec, online=online)
+    cells = expand(spec, model.checkpoint, model.fingerprint, caps, model=model)
+    cells = check_fit(cells, model.config, caps, spec, fit_check, budget)
+    return Plan(spec, model.checkpoint, model.fingerprint, cells, model)
 
 
 def check_fit(
     cells: list[Cell],
-    checkpoint: Path,
+    config: dict[str, Any],
     caps: HostCapabilities,
     spec: MatrixSpec,
     enabled: bool,
@@ -85,5 +87,4 @@ def check_fit(
     """The fit check of the plan's cells against the memory a cell would have (off: columns say so)."""
     if not enabled:
         return apply_fit_check(cells, {}, None)
-    config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
     return apply_fit_check(cells, config, budget or available_memory(caps.cuda, spec.vram_limit_bytes))

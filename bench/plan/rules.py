@@ -8,21 +8,36 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.plan.cells import Cell
 from bench.plan.spec import MatrixSpec
 from loader import LoadConfigError
-from loader.dtypes import resolve_dtype
+from loader.dtypes import config_dtype, resolve_dtype
 from loader.host import HostCapabilities
 from loader.support import unsupported_reason
+
+if TYPE_CHECKING:
+    from bench.plan.models import ResolvedModel
 
 __all__ = ["apply_rules", "expand"]
 
 
-def expand(spec: MatrixSpec, checkpoint: Path, fingerprint: str, caps: HostCapabilities) -> list[Cell]:
-    """Every cell of the spec's cross product, each marked run or skip (with the rule's reason)."""
+def expand(
+    spec: MatrixSpec,
+    checkpoint: Path,
+    fingerprint: str,
+    caps: HostCapabilities,
+    *,
+    model: ResolvedModel | None = None,
+) -> list[Cell]:
+    """Every cell of the spec's cross product, each marked run or skip (with the rule's reason).
+
+    With the resolved `model`, cells carry its source and weights, and "auto" dtypes resolve against
+    its config (the checkpoint of random weights need not exist yet); without it, against `checkpoint`.
+    """
     cells = []
     search = _search(spec)
     for dtype, quant, attn, ckpt, cache, mode in itertools.product(
@@ -44,8 +59,10 @@ def expand(spec: MatrixSpec, checkpoint: Path, fingerprint: str, caps: HostCapab
             train_mode=mode,
             lora=spec.lora,
             search=search,
+            model_source=model.source if model else None,
+            weights=model.weights if model else None,
         )
-        cells.append(apply_rules(cell, checkpoint, caps))
+        cells.append(apply_rules(cell, checkpoint, caps, model_config=model.config if model else None))
     return cells
 
 
@@ -57,7 +74,9 @@ def _search(spec: MatrixSpec) -> tuple[tuple[str, Any], ...]:
     return (("at_max", spec.at_max), ("cap", cap), ("target", spec.find_max))
 
 
-def apply_rules(cell: Cell, checkpoint: Path, caps: HostCapabilities) -> Cell:
+def apply_rules(
+    cell: Cell, checkpoint: Path, caps: HostCapabilities, *, model_config: Mapping[str, Any] | None = None
+) -> Cell:
     """Mark a cell skipped, or drop workloads it cannot run; each reason starts with its rule's name."""
     if cell.quant != "none" and cell.mode == "full":
         return dataclasses.replace(
@@ -78,17 +97,20 @@ def apply_rules(cell: Cell, checkpoint: Path, caps: HostCapabilities) -> Cell:
             "and this matrix has no train workload.",
         )
     try:
-        config = cell.load_config(checkpoint)
+        load = cell.load_config(checkpoint)
     except LoadConfigError as exc:
         return dataclasses.replace(cell, skip_reason=f"rule loader-config: {exc}")
     # Only config.json is read here; damaged weights are the cell's own error, found when it loads.
-    dtype = resolve_dtype(config.dtype, checkpoint)
-    reason = unsupported_reason(config, caps, dtype=dtype)
+    if model_config is not None and load.dtype == "auto":
+        dtype = config_dtype(model_config)
+    else:
+        dtype = resolve_dtype(load.dtype, checkpoint)
+    reason = unsupported_reason(load, caps, dtype=dtype)
     if reason:
         return dataclasses.replace(cell, skip_reason=f"rule host: {reason}")
     dropped = []
     if "train" in cell.workloads:
-        train_reason = unsupported_reason(config, caps, training=True, dtype=dtype)
+        train_reason = unsupported_reason(load, caps, training=True, dtype=dtype)
         if train_reason:
             dropped.append(("train", f"rule host: {train_reason}"))
     if len(dropped) == len(cell.workloads):

@@ -79,7 +79,7 @@ _NEW_FIELDS_DEFAULTS: dict[str, Any] = {
     "at_max": False,
 }
 
-# Hub ids of recipes -> synthetic architecture presets of the same shape (no hub here).
+# Hub ids of recipes -> built-in presets of the same shape: the resolver's not-found sentence offers them.
 HUB_TO_PRESET = {
     "qwen/qwen2.5-0.5b": "qwen2.5-0.5b",
     "qwen/qwen2.5-1.5b": "qwen2.5-1.5b",
@@ -124,6 +124,7 @@ class MatrixSpec:
     max_batch: int | None = None  # the search's caps (None: 256 sequences, the model's context length)
     max_seq: int | None = None
     at_max: bool = False  # measure the workloads at the found shape
+    weights: str = "auto"  # auto (real when the checkpoint has them) | real | random (bench.plan.models)
 
     def __post_init__(self) -> None:
         _check_axis("dtype", self.dtype, DTYPES)
@@ -155,6 +156,8 @@ class MatrixSpec:
             raise SpecError("at_max needs find_max (batch or seq): there is no found shape to measure at.")
         if not isinstance(self.threads, int) or self.threads < 1:
             raise SpecError(f"threads={self.threads!r} must be a positive integer.")
+        if self.weights not in ("auto", "real", "random"):
+            raise SpecError(f"weights={self.weights!r} is not allowed; use one of: 'auto', 'real', 'random'.")
         for key, _ in self.load:
             if key not in LOAD_KNOBS:
                 raise SpecError(
@@ -166,6 +169,8 @@ class MatrixSpec:
         out = dataclasses.asdict(self)
         out["load"] = dict(self.load)
         out["lora"] = dict(self.lora)
+        if out["weights"] == "auto":  # absent when default, so spec hashes of earlier runs still match
+            out.pop("weights")
         return out
 
     def spec_hash(self) -> str:
@@ -279,16 +284,15 @@ def recipe_lora(config: Any) -> tuple[tuple[str, ...], tuple[tuple[str, Any], ..
 
 
 def recipe_model(name: str) -> str:
-    """A recipe's model: a local path as it is, a hub id as the synthetic preset of its architecture."""
-    if Path(name).expanduser().exists():
-        return name
-    key = name.lower().removesuffix("-instruct")
-    if key in HUB_TO_PRESET:
-        return HUB_TO_PRESET[key]
-    raise SpecError(
-        f"recipe model {name!r} is not a local directory and has no synthetic preset; "
-        f"known hub ids: {', '.join(sorted(HUB_TO_PRESET))}."
-    )
+    """A recipe's model as the resolver takes it (bench.plan.models): a local path or a hub id, as given.
+
+    Hub ids are no longer swapped for presets: the plan resolves them in the Hugging Face cache (or,
+    with --online, fetches their config), and when that fails its sentence names the preset of the
+    same shape (HUB_TO_PRESET) as one of the fixes.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise SpecError(f"recipe model_name_or_path={name!r} must be a hub id or a local path.")
+    return name
 
 
 def load_preset(name: str) -> MatrixSpec:
@@ -301,7 +305,16 @@ def load_preset(name: str) -> MatrixSpec:
 
 
 def _as_axis(name: str, value: Any) -> Any:
-    if name in ("model", "name", "threads", "vram_limit_bytes", "find_max", "max_batch", "max_seq"):
+    if name in (
+        "model",
+        "name",
+        "threads",
+        "vram_limit_bytes",
+        "find_max",
+        "max_batch",
+        "max_seq",
+        "weights",
+    ):
         return value
     if name == "at_max":
         return _as_bool(name, value)

@@ -12,13 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from bench.errors import CheckpointError
+
+# Called as progress(bytes_written, bytes_total) while the weights are written.
+Progress = Callable[[int, int], None]
 
 __all__ = [
     "BUILDER_VERSION",
@@ -126,9 +130,19 @@ def tokenizer_vocab(spec: dict[str, Any]) -> int:
     return min(vocab, TOKENIZER_SETTINGS["max_vocab"])
 
 
-def cache_key(preset: str, spec: dict[str, Any], dtype: str, seed: int) -> str:
-    """16 hex digits of a hash of everything that decides the checkpoint's bytes."""
-    inputs = {
+def cache_key(
+    preset: str,
+    spec: dict[str, Any],
+    dtype: str,
+    seed: int,
+    copied: dict[str, str] | None = None,
+) -> str:
+    """16 hex digits of a hash of everything that decides the checkpoint's bytes.
+
+    `copied` (file name -> sha256) lists files taken from the model's own snapshot (its tokenizer,
+    custom code); without it the key is what it has always been, so preset cache entries stay valid.
+    """
+    inputs: dict[str, Any] = {
         "builder_version": BUILDER_VERSION,
         "preset": preset,
         "config": spec,
@@ -138,33 +152,64 @@ def cache_key(preset: str, spec: dict[str, Any], dtype: str, seed: int) -> str:
         "max_shard_bytes": MAX_SHARD_BYTES,
         "chunk_elements": _CHUNK_ELEMENTS,
     }
+    if copied:
+        inputs["copied"] = copied
+        inputs.pop("tokenizer")
     return hashlib.sha256(canonical_json(inputs)).hexdigest()[:16]
 
 
-def build(tmp: Path, preset: str, spec: dict[str, Any], dtype: str, seed: int, key: str) -> None:
-    """Write a whole checkpoint into `tmp`: tokenizer, config, generation config, weights, then MARKER."""
-    specials = TOKENIZER_SETTINGS["special_tokens"]
-    tokenizer = _train_tokenizer(tokenizer_vocab(spec))
-    ids = {role: tokenizer.token_to_id(tok) for role, tok in specials.items()}
-    _write_tokenizer(tmp, tokenizer, model_max_length=int(spec.get("max_position_embeddings", 2048)))
+def build(
+    tmp: Path,
+    preset: str,
+    spec: dict[str, Any],
+    dtype: str,
+    seed: int,
+    key: str,
+    *,
+    source: Path | None = None,
+    copied: dict[str, str] | None = None,
+    trust_remote_code: bool = False,
+    progress: Progress | None = None,
+) -> None:
+    """Write a whole checkpoint into `tmp`: tokenizer, config, generation config, weights, then MARKER.
 
-    # The preset's token ids belong to the real tokenizer; point them at the synthetic one's.
+    With `source` and `copied`, the named files (the model's real tokenizer, its custom code) are
+    copied from `source` and the config keeps its own token ids; otherwise a BPE is trained locally.
+    """
     config = dict(spec)
-    overrides = {}
-    for field, role in (("bos_token_id", "bos"), ("eos_token_id", "eos"), ("pad_token_id", "pad")):
-        overrides[field] = {"preset": spec.get(field), "checkpoint": ids[role]}
-        config[field] = ids[role]
+    if copied and source is not None:
+        for name in copied:
+            shutil.copyfile(source / name, tmp / name)
+        tokenizer_note: dict[str, Any] = {"kind": "copied from the model's snapshot", "files": sorted(copied)}
+        overrides: dict[str, Any] = {}
+    else:
+        specials = TOKENIZER_SETTINGS["special_tokens"]
+        tokenizer = _train_tokenizer(tokenizer_vocab(spec))
+        ids = {role: tokenizer.token_to_id(tok) for role, tok in specials.items()}
+        _write_tokenizer(tmp, tokenizer, model_max_length=int(spec.get("max_position_embeddings", 2048)))
+        # The preset's token ids belong to the real tokenizer; point them at the synthetic one's.
+        overrides = {}
+        for field, role in (("bos_token_id", "bos"), ("eos_token_id", "eos"), ("pad_token_id", "pad")):
+            overrides[field] = {"preset": spec.get(field), "checkpoint": ids[role]}
+            config[field] = ids[role]
+        overrides["reason"] = "bos/eos/pad ids point at the synthetic tokenizer's special tokens"
+        generation = {
+            "bos_token_id": ids["bos"],
+            "eos_token_id": [ids["im_end"], ids["eos"]],
+            "pad_token_id": ids["pad"],
+        }
+        _write_json(tmp / "generation_config.json", generation)
+        tokenizer_note = {
+            "kind": TOKENIZER_SETTINGS["kind"],
+            "vocab_size": tokenizer.get_vocab_size(),
+            "special_tokens": {role: [tok, ids[role]] for role, tok in specials.items()},
+            "corpus_seed": TOKENIZER_SETTINGS["corpus_seed"],
+        }
     config["dtype"] = dtype
     config.pop("torch_dtype", None)
     _write_json(tmp / "config.json", config)
-    generation = {
-        "bos_token_id": ids["bos"],
-        "eos_token_id": [ids["im_end"], ids["eos"]],
-        "pad_token_id": ids["pad"],
-    }
-    _write_json(tmp / "generation_config.json", generation)
 
-    weights = _write_weights(tmp, dtype, seed)
+    weights = _write_weights(tmp, dtype, seed, trust_remote_code=trust_remote_code, progress=progress)
     _write_json(
         tmp / MARKER,
         {
@@ -175,16 +220,8 @@ def build(tmp: Path, preset: str, spec: dict[str, Any], dtype: str, seed: int, k
             "seed": seed,
             "synthetic": True,
             "note": "random weights: shapes, load time, memory and speed are real; quality metrics are not.",
-            "tokenizer": {
-                "kind": TOKENIZER_SETTINGS["kind"],
-                "vocab_size": tokenizer.get_vocab_size(),
-                "special_tokens": {role: [tok, ids[role]] for role, tok in specials.items()},
-                "corpus_seed": TOKENIZER_SETTINGS["corpus_seed"],
-            },
-            "config_overrides": {
-                **overrides,
-                "reason": "bos/eos/pad ids point at the synthetic tokenizer's special tokens",
-            },
+            "tokenizer": tokenizer_note,
+            "config_overrides": overrides,
             "weights": weights,
         },
     )
@@ -278,7 +315,9 @@ def _tensor_seed(seed: int, name: str) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def _write_weights(out: Path, dtype: str, seed: int) -> dict[str, Any]:
+def _write_weights(
+    out: Path, dtype: str, seed: int, *, trust_remote_code: bool = False, progress: Progress | None = None
+) -> dict[str, Any]:
     """Write random weights shard by shard, a block of rows at a time, straight in `dtype`.
 
     Names and shapes come from the model built on the meta device (no memory), so they are exactly
@@ -290,9 +329,18 @@ def _write_weights(out: Path, dtype: str, seed: int) -> dict[str, Any]:
     if sys.byteorder != "little":
         raise CheckpointError("safetensors files are little-endian and this host is not.")
     target = getattr(torch, dtype)
-    config = AutoConfig.from_pretrained(out)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=target)
+    try:
+        config = AutoConfig.from_pretrained(out, trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(
+                config, dtype=target, trust_remote_code=trust_remote_code
+            )
+    except (ValueError, KeyError) as exc:  # an unknown model_type, or a config that is not a causal LM
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"transformers cannot build a causal language model from this config.json ({first}); "
+            "loadbench measures models AutoModelForCausalLM knows."
+        ) from None
     tied = set(getattr(model, "all_tied_weights_keys", None) or {}) if config.tie_word_embeddings else set()
     tensors: list[tuple[str, torch.Tensor]] = []
     seen: set[int] = set()
@@ -324,6 +372,9 @@ def _write_weights(out: Path, dtype: str, seed: int) -> dict[str, Any]:
 
     weight_map: dict[str, str] = {}
     total = 0
+    planned = sum(t.numel() * t.element_size() for _, t in tensors)
+    if progress is not None:
+        progress(0, planned)
     for fname, shard in zip(names, shards, strict=True):
         header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
         offset = 0
@@ -345,6 +396,8 @@ def _write_weights(out: Path, dtype: str, seed: int) -> dict[str, Any]:
             for name, t in shard:
                 for block in _random_blocks(name, t, seed, std):
                     fh.write(block.contiguous().view(torch.uint8).numpy().data)
+                if progress is not None:
+                    progress(total - offset + header[name]["data_offsets"][1], planned)
     if len(names) > 1:
         _write_json(
             out / "model.safetensors.index.json",

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.measure.sampler import NvmlSampler, handle_for, import_nvml
-from bench.plan.checkpoints import cache_root, checkpoint_fingerprint
-from bench.plan.planning import resolve_model
+from bench.plan.checkpoints import cache_root
+from bench.plan.models import materialize, resolve
 from bench.run.messages import CalibrationTask, DriftTask, ProbeAnswer, ReferenceTask, Task
 
 TEMPLATE_MODULES = ["bench.run.template"]  # torch, transformers, peft, bitsandbytes; never CUDA
@@ -171,8 +171,9 @@ def quality_reference_path(fingerprint: str, device: str) -> Path:
 def node_checkpoint(model: str, fingerprint: str) -> tuple[Path, str | None]:
     """This node's copy of the run's checkpoint (the same cache key on every node: a hit or a build),
     and why it cannot be used when its files differ from the driver's."""
-    checkpoint = resolve_model(model)
-    if checkpoint_fingerprint(checkpoint) != fingerprint:
+    resolved = resolve(model)  # the spec's model name, resolved on this node as on the driver
+    checkpoint = materialize(resolved)
+    if resolved.fingerprint != fingerprint:
         return checkpoint, (
             f"the checkpoint on node {socket.gethostname()} differs from the driver's (fingerprint mismatch)"
         )

@@ -26,6 +26,7 @@ from bench.run.executor import Executor, LocalExecutor, RunSettings
 from bench.run.progress import Progress, make_progress
 from bench.run.records import is_final
 from bench.run.store import RunStore, select_shard
+from bench.run.weights import materialize_visibly
 from bench.schema import MISSING_STATUS
 
 
@@ -43,6 +44,7 @@ class RunRequest:
     address: str | None = None  # Ray cluster address (None: start a local one)
     fit_check: bool = True  # skip cells predicted not to fit (bench.plan.fit); False: --no-fit-check
     quality: bool = True  # compute the quality reference and quality columns; False: --no-quality
+    online: bool = False  # allow fetching the model's config and tokenizer (never weights) from the hub
 
 
 def git_commit() -> str | None:
@@ -107,7 +109,13 @@ def run_stage(request: RunRequest) -> StageResult:
             f"--min-samples={request.min_samples} must be at least 2 (a spread needs two samples)."
         )
     caps = probe_cached()
-    plan = make_plan(request.spec, caps.host, fit_check=request.fit_check, budget=ray_budget(request, caps))
+    plan = make_plan(
+        request.spec,
+        caps.host,
+        online=request.online,
+        fit_check=request.fit_check,
+        budget=ray_budget(request, caps),
+    )
     cells = select_shard(plan.cells, request.shard) if request.shard else plan.cells
     out = request.out or default_out(request.spec)
     meta = {
@@ -115,7 +123,15 @@ def run_stage(request: RunRequest) -> StageResult:
         "spec": request.spec.to_dict(),
         "plan": plan.to_dict(),
         "shard": request.shard,
-        "checkpoint": {"path": str(plan.checkpoint), "fingerprint": plan.fingerprint},
+        "checkpoint": {
+            "path": str(plan.checkpoint),
+            "fingerprint": plan.fingerprint,
+            **(
+                {"source": plan.model.source, "weights": plan.model.weights, "name": plan.model.name}
+                if plan.model is not None
+                else {}
+            ),
+        },
         "environment": run_environment(caps),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
@@ -132,13 +148,17 @@ def run_stage(request: RunRequest) -> StageResult:
         budget=budget,
         timeout_s=request.timeout_s,
         progress=progress,
-        model_config=json.loads((plan.checkpoint / "config.json").read_text()),
+        model_config=plan.model.config
+        if plan.model is not None
+        else json.loads((plan.checkpoint / "config.json").read_text()),
         quality=request.quality,
     )
     executor = make_executor(request, settings, caps)
     # The node (warm template, quality reference, calibration) is set up only when a cell will run.
     todo = [c for c in cells if c.skip_reason is None and c.cell_id not in done]
     if todo:
+        if plan.model is not None:
+            materialize_visibly(plan.model)  # random weights are built here, never by `plan`
         executor.start()
     else:
         store.set_meta("quality_reference", {"reason": "no cell of this run needed it (none ran)"})
