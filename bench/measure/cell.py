@@ -35,6 +35,7 @@ from bench.measure.workloads import (
 )
 from bench.plan.matrix import Cell
 from loader import LoadConfigError, UnsupportedOnHost, current_host, get_model, get_tokenizer
+from loader.host import BnbFacts, probe_host
 from loader.model import target_device
 
 
@@ -88,12 +89,18 @@ def apply_memory_limit(limit: int, device: str) -> str:
 
 
 def run_cell(
-    cell: Cell, checkpoint: Path, budget: Budget, emit: Emit, quality_ref: str | None = None
+    cell: Cell,
+    checkpoint: Path,
+    budget: Budget,
+    emit: Emit,
+    quality_ref: str | None = None,
+    bitsandbytes: BnbFacts | None = None,
 ) -> dict[str, Any]:
     """Load the cell's model, then run its workloads; returns flat metric columns. `emit` hears each
-    phase as it starts and each measured window."""
+    phase as it starts and each measured window. `bitsandbytes`: the run's probe of it on this host,
+    which an unquantized cell reuses rather than import bitsandbytes (seconds) to learn the same."""
     torch.set_num_threads(cell.threads)
-    caps = current_host()
+    caps = probe_host(bitsandbytes) if bitsandbytes is not None and cell.quant == "none" else current_host()
     config = cell.load_config(checkpoint)
     device = target_device(config, caps)
     sync = synchronizer(device)

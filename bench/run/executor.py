@@ -51,6 +51,7 @@ class RunSettings:
     timeout_s: float | None
     progress: Progress
     model_config: dict[str, Any]  # the checkpoint's config.json
+    bitsandbytes: tuple[str | None, str | None, tuple[str, ...]] | None = None  # the host probe's answer
 
 
 class LocalExecutor:
@@ -62,11 +63,13 @@ class LocalExecutor:
         self.samplers: dict[int, NvmlSampler] = {}
         self.runner: Runner | None = None
         self.how = ""
+        self.waited_s: dict[str, float] = {}  # start's time per stage (bench.schema.TIME_STAGES)
 
     def start(self) -> None:
         store, plan = self.settings.store, self.settings.plan
         logs = store.directory / "logs"
         node = prepare_node(plan.checkpoint, plan.fingerprint, self.lanes[0], logs)
+        self.waited_s = dict(node.waited_s)
         self.samplers = gpu_samplers(self.lanes)
         store.set_meta("executor", {"kind": "local", "lanes": self.lanes})
         store.set_meta("template_startup_s", node.template_s)
@@ -84,6 +87,7 @@ class LocalExecutor:
             calibration=node.calibration,
             quality_ref=node.quality_ref,
             faults=faults_from_environment(),
+            bitsandbytes=self.settings.bitsandbytes,
         )
         self.runner = Runner(store, plan.checkpoint, options, self.settings.progress, node.ctx)
         self.how = f"worker template ({node.isolation}) started in {node.template_s:.2f} s"

@@ -41,6 +41,9 @@ class CellTask:
     log: str
     quality_ref: str | None = None  # the run's cached quality reference (safetensors)
     fault: str | None = None  # test-only (bench.run.faults)
+    # The run's probe of bitsandbytes on this host (loader.host.probe_bitsandbytes's answer): an
+    # unquantized cell reuses it instead of importing bitsandbytes (seconds) to learn the same facts.
+    bitsandbytes: tuple[str | None, str | None, tuple[str, ...]] | None = None
 
 
 @dataclass(frozen=True)

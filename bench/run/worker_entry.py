@@ -56,7 +56,9 @@ def run_cell_task(task: CellTask, conn: Any) -> None:
 
     try:
         inject(task.fault)
-        metrics = run_cell(task.cell, Path(task.checkpoint), task.budget, conn.send, task.quality_ref)
+        metrics = run_cell(
+            task.cell, Path(task.checkpoint), task.budget, conn.send, task.quality_ref, task.bitsandbytes
+        )
         conn.send(Finished(CellOutcome("ok", metrics=metrics)))
     except BaseException as exc:  # every failure becomes a record; the runner goes on
         conn.send(Finished(classify(exc)))
