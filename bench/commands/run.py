@@ -87,6 +87,7 @@ def _import_report() -> None:
     template, so rendering after the last cell is only rendering."""
     import matplotlib.figure  # noqa: F401
     import pandas  # noqa: F401
+    import pyarrow  # noqa: F401
 
     import bench.analysis.report  # noqa: F401
 
