@@ -37,6 +37,9 @@ __all__ = [
     "SPEC_HASH",
     "STATUSES",
     "STOP_REASONS",
+    "TIME_ACCOUNTING_KEY",
+    "TIME_COLUMNS",
+    "TIME_STAGES",
     "TRAIN_MODES",
     "WEIGHTS",
     "WORKLOADS",
@@ -178,6 +181,27 @@ DECODE_CACHE_COLUMN = "decode.use_cache"
 # Two runs' machine-speed ratio is the mean of new's points over the mean of base's (same probe name only).
 DRIFT_KEY = "drift"
 DRIFT_POINTS = ("start", "end")
+
+# --- run.json: time accounting -------------------------------------------------------------------------------
+# run.json[TIME_ACCOUNTING_KEY]: where a run's wall time went (docs/schema.md "run.json: time accounting").
+# Stages are the parent's own clock, in run order; stages that overlap another (the template starts while
+# the parent probes and plans) count only the time the parent waited for them.
+TIME_ACCOUNTING_KEY = "time_accounting"
+TIME_STAGES = (
+    "startup",  # process start to the run command (interpreter, CLI imports, spec)
+    "probe",  # host capabilities
+    "checkpoint",  # resolve (or build) the checkpoint, expand the plan
+    "store",  # create the run directory, skipped records
+    "template",  # waiting for the warm template to be ready
+    "quality_reference",
+    "calibration",
+    "cells",  # dispatch of the first cell to the last record
+    "summary",
+    "report",
+)
+# Per record: the cell's wall time (dispatch to result) and the part of it that was measured (its loads
+# plus its measured windows); the rest of a cell's time is isolation, imports, warm-ups and untimed probes.
+TIME_COLUMNS = ("cell.wall_s", "cell.measured_s")
 
 # Measured memory sources per phase; estimates are predictions, not measurements, and are not judged.
 MEMORY_SOURCES = (

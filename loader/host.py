@@ -102,8 +102,14 @@ def probe_bitsandbytes(cuda: bool) -> tuple[str | None, str | None, tuple[str, .
     return bitsandbytes.__version__, None, tuple(devices)
 
 
-def probe_host() -> HostCapabilities:
-    """Probe this process's view of the host. Initialises CUDA when a GPU is present."""
+BnbFacts = tuple[str | None, str | None, tuple[str, ...]]  # probe_bitsandbytes's answer
+
+
+def probe_host(bitsandbytes: BnbFacts | None = None) -> HostCapabilities:
+    """Probe this process's view of the host. Initialises CUDA when a GPU is present.
+
+    `bitsandbytes`: probe_bitsandbytes's answer from another process on this host (importing it takes
+    seconds), for a caller that will not use bitsandbytes itself."""
     import torch
 
     gpus = []
@@ -113,7 +119,7 @@ def probe_host() -> HostCapabilities:
             cc = (props.major, props.minor)
             gpus.append(GpuInfo(props.name, int(props.total_memory), cc, cc >= (8, 0)))
     fa2, fa3 = flash_attn_packages()
-    bnb_version, bnb_error, bnb_devices = probe_bitsandbytes(bool(gpus))
+    bnb_version, bnb_error, bnb_devices = bitsandbytes or probe_bitsandbytes(bool(gpus))
     return HostCapabilities(tuple(gpus), fa2, fa3, bnb_version, bnb_error, bnb_devices)
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks of one lent device session, in one bounded script: environment and NVML, the warm
 # template's fork safety with bitsandbytes on CUDA, the calibration probe (CUDA-event timing), and the
-# gpu-quick matrix (bitsandbytes 4/8-bit on CUDA, allocator and NVML memory per phase, energy).
+# gpu-quick matrix (bitsandbytes 4/8-bit on CUDA, allocator and NVML memory per phase, energy), and its
+# time accounting (accounting.json: where the wall time went, the harness share).
 # Usage: OUT=dir [PRESET=gpu-quick] [BUDGET=0.5] scripts/device-check.sh   (wheels for missing packages in .whl/)
 set -u
 OUT=${OUT:?set OUT to an output directory}
@@ -30,3 +31,6 @@ timeout ${RUN_TIMEOUT:-300} python3 -m bench.cli run --preset "$PRESET" --budget
 echo "exit $? after $(( $(date +%s) - start )) s" >> "$OUT/summary.txt"
 rm -rf "$OUT/run/$PRESET/claims" "$OUT/run/$PRESET/records.jsonl.lock"
 tar -C "$OUT/run/$PRESET" -czf "$OUT/logs.tgz" logs && rm -rf "$OUT/run/$PRESET/logs"
+# Where the run's time went (issue 15): the harness's own share of gpu-quick, from run.json.
+python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1])).get('time_accounting'), indent=1))" \
+  "$OUT/run/$PRESET/run.json" > "$OUT/accounting.json" 2>&1

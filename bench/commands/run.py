@@ -7,6 +7,7 @@ after it returns, because the run stage never imports analysis.
 from __future__ import annotations
 
 import argparse
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,11 @@ def register(sub: Any) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     """Run the matrix the arguments name, then render its report; the exit code."""
-    from bench.analysis.report import render
+    from bench.run.accounting import TimeAccounting
+
+    clock = TimeAccounting()  # first: the interpreter's start-up is the run's too
+    report_imports = threading.Thread(target=_import_report, name="report-imports", daemon=True)
+    report_imports.start()  # while the template starts; joined before the first cell
     from bench.run.session import RunRequest, run_stage
 
     spec = load_spec(args)  # --vram-limit included
@@ -62,8 +67,40 @@ def run_command(args: argparse.Namespace) -> int:
         fit_check=args.fit_check,
         quality=args.quality,
         online=args.online,
+        accounting=clock,
+        before_cells=report_imports.join,
     )
     result = run_stage(request)
-    paths = render(result.directory)
+    with clock.stage("report"):
+        from bench.analysis.report import render
+
+        paths = render(result.directory)
+    books = write_books(result.directory, clock)
     print(f"report: {paths['markdown']} · {paths['html']}")
+    print(
+        f"time: {books['wall_s']:.1f} s, of which cells measured {books['cells_measured_s']:.1f} s "
+        f"(harness share {books['harness_share']:.0%})"
+    )
     return result.exit_code
+
+
+def _import_report() -> None:
+    """The report's libraries (pandas, matplotlib: seconds), imported while this process waits for the
+    template, so rendering after the last cell is only rendering."""
+    import matplotlib.figure  # noqa: F401
+    import pandas  # noqa: F401
+    import pyarrow  # noqa: F401
+
+    import bench.analysis.report  # noqa: F401
+
+
+def write_books(directory: Path, clock: Any) -> dict[str, Any]:
+    """run.json's final `time_accounting`, with the report's rendering in it; the report rendered just
+    before shows the books as they stood when the cells ended."""
+    from bench.run.store import RunStore
+    from bench.schema import TIME_ACCOUNTING_KEY
+
+    store = RunStore.open(directory)
+    books: dict[str, Any] = clock.books(store.records())
+    store.set_meta(TIME_ACCOUNTING_KEY, books)
+    return books

@@ -36,6 +36,7 @@ from bench.measure.workloads import (
 )
 from bench.plan.matrix import Cell
 from loader import LoadConfigError, UnsupportedOnHost, current_host, get_model, get_tokenizer
+from loader.host import BnbFacts, probe_host
 from loader.model import target_device
 
 
@@ -95,12 +96,15 @@ def run_cell(
     emit: Emit,
     quality_ref: str | None = None,
     quality_reason: str | None = None,
+    bitsandbytes: BnbFacts | None = None,
 ) -> dict[str, Any]:
     """Load the cell's model, then run its workloads; returns flat metric columns. `emit` hears each
     phase as it starts and each measured window. Without `quality_ref` there is no quality pass, and
-    the quality columns are null with `quality_reason` (why the run has no reference)."""
+    the quality columns are null with `quality_reason` (why the run has no reference). `bitsandbytes`:
+    the run's probe of it on this host, which an unquantized cell reuses rather than import
+    bitsandbytes (seconds) to learn the same."""
     torch.set_num_threads(cell.threads)
-    caps = current_host()
+    caps = probe_host(bitsandbytes) if bitsandbytes is not None and cell.quant == "none" else current_host()
     config = cell.load_config(checkpoint)
     device = target_device(config, caps)
     sync = synchronizer(device)

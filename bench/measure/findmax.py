@@ -287,6 +287,7 @@ def run_find_max(
     emit: Emit,
     quality_ref: str | None = None,
     quality_reason: str | None = None,
+    bitsandbytes: Any = None,
 ) -> dict[str, Any]:
     """Search the cell's largest fitting batch or seq; with at_max, then measure the cell at it."""
     target = cell.find_max["target"]
@@ -332,5 +333,5 @@ def run_find_max(
         from bench.measure.cell import run_cell
 
         shaped = dataclasses.replace(cell, shape=dataclasses.replace(cell.shape, **{target: found.answer}))
-        out.update(run_cell(shaped, checkpoint, budget, emit, quality_ref, quality_reason))
+        out.update(run_cell(shaped, checkpoint, budget, emit, quality_ref, quality_reason, bitsandbytes))
     return out

@@ -118,6 +118,47 @@ def _finish_child(proc: subprocess.Popen[str], timeout: float = CHILD_TIMEOUT_S)
     return {"bitsandbytes_error": f"the bitsandbytes probe process exited {proc.returncode}: {tail}"}
 
 
+# Packages whose installed files decide the child's answer; a cached answer is for exactly these versions.
+_CHILD_PACKAGES = ("torch", "bitsandbytes", "triton", "transformers", "numpy")
+
+
+def child_cache_path(cache_dir: Path, cuda: bool) -> Path | None:
+    """Where the child's answer is cached for this boot, interpreter, package versions, visible devices
+    and probe code: any of them changing means probing again. None where the boot id is unknown."""
+    import hashlib
+
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    parts = [boot, sys.executable, _CHILD, str(cuda), os.environ.get("CUDA_VISIBLE_DEVICES", "")]
+    parts += [f"{name}={dist_version(name)}" for name in _CHILD_PACKAGES]
+    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+    return cache_dir / "probe" / f"{key}.json"
+
+
+def _cached_child(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        facts = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return facts if isinstance(facts, dict) else None
+
+
+def _store_child(path: Path | None, facts: dict[str, Any]) -> None:
+    """Keep a complete answer (torch answered; bitsandbytes answered, even "cannot import"); a timeout or
+    crash of the child is not a fact about the host and is probed again next time."""
+    error = str(facts.get("bitsandbytes_error") or "")
+    if path is None or "torch_version" not in facts or "probe process" in error:
+        return
+    from bench.fileio import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(facts))
+
+
 def child_facts(cuda: bool) -> dict[str, Any]:
     """bitsandbytes (loader.host.probe_bitsandbytes semantics) and torch facts, from a child process."""
     return _finish_child(_start_child(cuda))
@@ -173,13 +214,19 @@ def _host(nvml: NvmlFacts, child: dict[str, Any], flash: tuple[str | None, bool]
     )
 
 
-def probe(nvml_module: Any = None) -> Capabilities:
+def probe(nvml_module: Any = None, cache_dir: Path | None = None) -> Capabilities:
     """Probe this host without creating a CUDA context here (NVML + one child process).
 
-    `nvml_module` replaces `pynvml` (tests pass a fake with pynvml's function names).
+    `nvml_module` replaces `pynvml` (tests pass a fake with pynvml's function names). `cache_dir`: keep
+    the child's answer there (child_cache_path) and reuse it: the child imports torch and bitsandbytes
+    cold, seconds that every run on this boot with these packages would spend to learn the same facts.
     """
     nvml = nvml_facts(nvml_module)
-    proc = _start_child(bool(nvml.gpus))  # runs while the cheap facts below are read
+    cache = child_cache_path(cache_dir, bool(nvml.gpus)) if cache_dir is not None else None
+    cached = _cached_child(cache)
+    proc = (
+        None if cached is not None else _start_child(bool(nvml.gpus))
+    )  # runs while the cheap facts are read
     try:
         model, flags = cpu_model_and_flags()
         flash = flash_attn_packages()
@@ -197,7 +244,9 @@ def probe(nvml_module: Any = None) -> Capabilities:
             "hostname": socket.gethostname(),
         }
     finally:
-        child = _finish_child(proc)
+        child = cached if cached is not None else _finish_child(proc)  # type: ignore[arg-type]
+    if cached is None:
+        _store_child(cache, child)
     return Capabilities(
         host=_host(nvml, child, flash),
         nvml=nvml.ok,
@@ -218,8 +267,11 @@ def probe(nvml_module: Any = None) -> Capabilities:
 
 @functools.cache
 def probe_cached() -> Capabilities:
-    """`probe()` once per process: the host does not change during a run."""
-    return probe()
+    """`probe()` once per process (the host does not change during a run), its child's answer cached
+    beside loadbench's checkpoints."""
+    from bench.plan.checkpoints import cache_root
+
+    return probe(cache_dir=cache_root())
 
 
 # -- `loadbench env` -------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ class Attempt:
     wall_s: float
     startup_s: float | None  # dispatch to the worker's Ready: what isolation costs
     log: str  # relative to the run directory
+    measured_s: float | None = None  # its timed loads plus measured windows (bench.run.accounting)
 
 
 def no_nvml_columns() -> dict[str, Any]:
@@ -117,6 +118,8 @@ def compose_record(
                 "started_at": attempt.started_at,
                 "wall_s": attempt.wall_s,
                 "isolation.startup_s": attempt.startup_s,
+                "cell.wall_s": attempt.wall_s,
+                "cell.measured_s": attempt.measured_s,
                 "log": attempt.log,
             }
         )

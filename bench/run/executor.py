@@ -53,6 +53,7 @@ class RunSettings:
     progress: Progress
     model_config: dict[str, Any]  # the checkpoint's config.json
     quality: bool = True  # compute the quality reference (False: --no-quality)
+    bitsandbytes: tuple[str | None, str | None, tuple[str, ...]] | None = None  # the host probe's answer
 
 
 class LocalExecutor:
@@ -66,6 +67,7 @@ class LocalExecutor:
         self.how = ""
         self.ctx: Any = None
         self.drift_start: dict[str, Any] | None = None
+        self.waited_s: dict[str, float] = {}  # start's time per stage (bench.schema.TIME_STAGES)
 
     def start(self) -> None:
         store, plan = self.settings.store, self.settings.plan
@@ -79,6 +81,7 @@ class LocalExecutor:
             quality=self.settings.quality,
             timeout_s=timeout,
         )
+        self.waited_s = dict(node.waited_s)
         self.samplers = gpu_samplers(self.lanes)
         store.set_meta("executor", {"kind": "local", "lanes": self.lanes})
         store.set_meta("template_startup_s", node.template_s)
@@ -97,6 +100,7 @@ class LocalExecutor:
             quality_ref=node.quality_ref,
             quality_reason=node.quality_reason,
             faults=faults_from_environment(),
+            bitsandbytes=self.settings.bitsandbytes,
         )
         self.runner = Runner(store, plan.checkpoint, options, self.settings.progress, node.ctx)
         # The machine-speed probe just before the first cell, and again after the last (close).

@@ -43,6 +43,9 @@ class CellTask:
     quality_ref: str | None = None  # the run's cached quality reference (safetensors)
     quality_reason: str | None = None  # why there is none (--no-quality, timed out, ...)
     fault: str | None = None  # test-only (bench.run.faults)
+    # The run's probe of bitsandbytes on this host (loader.host.probe_bitsandbytes's answer): an
+    # unquantized cell reuses it instead of importing bitsandbytes (seconds) to learn the same facts.
+    bitsandbytes: tuple[str | None, str | None, tuple[str, ...]] | None = None
 
 
 @dataclass(frozen=True)

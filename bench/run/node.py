@@ -25,6 +25,13 @@ from bench.plan.models import materialize, resolve
 from bench.run.messages import CalibrationTask, DriftTask, ProbeAnswer, ReferenceTask, Task
 
 TEMPLATE_MODULES = ["bench.run.template"]  # torch, transformers, peft, bitsandbytes; never CUDA
+BASE_TEMPLATE_MODULES = ["bench.run.template_base"]  # torch, transformers, the cell body: no k-bit cells
+
+
+def template_modules(quant: tuple[str, ...] | list[str]) -> list[str]:
+    """What the template preloads for a run whose cells use these quantizations: bitsandbytes and peft
+    only when some cell is quantized (k-bit cells load through bitsandbytes and train LoRA adapters)."""
+    return BASE_TEMPLATE_MODULES if all(q == "none" for q in quant) else TEMPLATE_MODULES
 
 
 def worker_environment() -> None:
@@ -36,18 +43,31 @@ def worker_environment() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+_TEMPLATE_BEGUN: dict[str, float] = {}  # "at": perf_counter() when the template last began starting
+
+
+def begin_template(modules: list[str] | None = None) -> None:
+    """Start the forkserver that holds the warm imports, and return at once: it imports while the parent
+    probes the host, plans and builds the checkpoint; `start_template` later waits for it. The
+    forkserver is the process's: once running, later runs in this process reuse it (its preload stays
+    what the first run asked for; a cell imports anything else itself)."""
+    worker_environment()
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(modules or TEMPLATE_MODULES)
+    _TEMPLATE_BEGUN.setdefault("at", time.perf_counter())
+    multiprocessing.forkserver.ensure_running()
+
+
 def start_template() -> tuple[Any, float, str]:
-    """Start the forkserver that holds the warm imports; returns (context, seconds, isolation mode).
+    """Wait for the forkserver that holds the warm imports (starting it if `begin_template` did not);
+    returns (context, seconds since it began starting, isolation mode).
 
     If a forked child finds CUDA already initialised by the template (a "bad fork"), cells could not
     use the GPU; then every cell gets a cold interpreter instead (slower, still isolated), and the
     mode says so.
     """
-    worker_environment()
+    begin_template()
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(TEMPLATE_MODULES)
-    start = time.perf_counter()
-    multiprocessing.forkserver.ensure_running()
     # ensure_running returns before the preload finishes; one trivial child waits for it.
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_fork_check, args=(send,))
@@ -55,7 +75,7 @@ def start_template() -> tuple[Any, float, str]:
     send.close()
     bad_fork = recv.recv() if recv.poll(300) else True
     proc.join()
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - _TEMPLATE_BEGUN.pop("at")
     if bad_fork:
         return multiprocessing.get_context("spawn"), elapsed, "spawn: the template had initialised CUDA"
     return ctx, elapsed, "forkserver"
@@ -189,6 +209,7 @@ class NodeSetup:
     isolation: str
     quality_reference: dict[str, Any]  # path, seconds, tokens, knobs; or reason
     calibration: dict[str, Any] | None  # GPU lanes only
+    waited_s: dict[str, float]  # the caller's time per stage (bench.schema.TIME_STAGES): template, ...
 
     @property
     def quality_ref(self) -> str | None:
@@ -211,14 +232,18 @@ def prepare_node(
     """Start the warm template, then compute (or find) the quality reference (unless `quality` is off;
     within `timeout_s`) and, on a GPU lane, the calibration, each in a worker process of that
     template; probe logs go to `log_dir`. Called only when a runnable cell needs the node."""
+    t0 = time.perf_counter()
     ctx, template_s, isolation = start_template()
+    t1 = time.perf_counter()
     reference = (
         prepare_quality_reference(ctx, checkpoint, fingerprint, lane, log_dir / "quality.log", timeout_s)
         if quality
         else {"reason": NO_QUALITY}
     )
+    t2 = time.perf_counter()
     calibration = None if lane is None else run_calibration(ctx, lane, log_dir / "calibration.log")
-    return NodeSetup(ctx, template_s, isolation, reference, calibration)
+    waited = {"template": t1 - t0, "quality_reference": t2 - t1, "calibration": time.perf_counter() - t2}
+    return NodeSetup(ctx, template_s, isolation, reference, calibration, waited)
 
 
 def gpu_samplers(lanes: list[str | None]) -> dict[int, NvmlSampler]:

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from bench.measure.outcome import CellOutcome, PhaseStarted, WindowMeasured
 from bench.measure.probes import Budget
 from bench.plan.matrix import Cell
+from bench.run.accounting import measured_seconds
 from bench.run.compose import Attempt, ModelFacts, compose_record, log_path
 from bench.run.faults import fault_for
 from bench.run.messages import CellTask, Finished, Ready
@@ -101,6 +102,7 @@ class RunOptions:
     quality_ref: str | None = None  # the run's cached quality reference (safetensors)
     quality_reason: str | None = None  # why the run has no reference (the cells' quality.reason)
     faults: dict[str, str] = field(default_factory=dict)  # test-only: cell_id or label -> fault
+    bitsandbytes: tuple[str | None, str | None, tuple[str, ...]] | None = None  # the run's probe of it
     trailer: dict[str, Any] = field(default_factory=dict)  # columns every record ends with (Ray: the node)
 
 
@@ -138,6 +140,7 @@ class Runner:
             wall_s=time.monotonic() - run.dispatched,
             startup_s=(run.ready_at - run.dispatched) if run.ready_at is not None else None,
             log=log_path(run.cell),
+            measured_s=measured_seconds(outcome.metrics, run.windows),
         )
         return compose_record(
             run.cell,
@@ -160,6 +163,7 @@ class Runner:
             quality_ref=self.options.quality_ref,
             quality_reason=self.options.quality_reason,
             fault=fault_for(self.options.faults, cell),
+            bitsandbytes=self.options.bitsandbytes,
         )
         from bench.run import worker_entry
 

@@ -11,6 +11,7 @@ import json
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,14 @@ from bench.measure.probes import Budget
 from bench.plan.fit import MemoryBudget
 from bench.plan.matrix import Cell, MatrixSpec
 from bench.plan.planning import make_plan
+from bench.run.accounting import TimeAccounting
 from bench.run.compose import ModelFacts, compose_record
 from bench.run.executor import Executor, LocalExecutor, RunSettings
 from bench.run.progress import Progress, make_progress
 from bench.run.records import is_final
 from bench.run.store import RunStore, select_shard
 from bench.run.weights import materialize_visibly
-from bench.schema import MISSING_STATUS
+from bench.schema import MISSING_STATUS, TIME_ACCOUNTING_KEY
 
 
 @dataclass
@@ -45,6 +47,10 @@ class RunRequest:
     fit_check: bool = True  # skip cells predicted not to fit (bench.plan.fit); False: --no-fit-check
     quality: bool = True  # compute the quality reference and quality columns; False: --no-quality
     online: bool = False  # allow fetching the model's config and tokenizer (never weights) from the hub
+    accounting: TimeAccounting | None = None  # the caller's stopwatch (the command starts it first)
+    # Called once the node is ready and before the first cell: the caller finishes work it overlapped
+    # with the template's start (its wait is charged to the `report` stage), so none of it runs beside a cell.
+    before_cells: Callable[[], None] | None = None
 
 
 def git_commit() -> str | None:
@@ -86,6 +92,7 @@ class StageResult:
 
     directory: Path
     missing: tuple[str, ...]
+    accounting: TimeAccounting | None = None
 
     @property
     def exit_code(self) -> int:
@@ -108,14 +115,59 @@ def run_stage(request: RunRequest) -> StageResult:
         raise SpecError(
             f"--min-samples={request.min_samples} must be at least 2 (a spread needs two samples)."
         )
-    caps = probe_cached()
-    plan = make_plan(
-        request.spec,
-        caps.host,
-        online=request.online,
-        fit_check=request.fit_check,
-        budget=ray_budget(request, caps),
-    )
+    clock = request.accounting or TimeAccounting()
+    if request.executor == "local":  # the template imports while this process probes, plans and builds
+        from bench.run.node import begin_template, template_modules
+
+        begin_template(template_modules(request.spec.quant))
+    with clock.stage("probe"):
+        caps = probe_cached()
+    with clock.stage("checkpoint"):
+        plan = make_plan(
+            request.spec,
+            caps.host,
+            online=request.online,
+            fit_check=request.fit_check,
+            budget=ray_budget(request, caps),
+        )
+    with clock.stage("store"):
+        store, settings, progress, cells = open_run(request, plan, caps)
+        executor = make_executor(request, settings, caps)
+    done = store.final_cell_ids()
+    # The node (warm template, quality reference, calibration) is set up only when a cell will run.
+    todo = [c for c in cells if c.skip_reason is None and c.cell_id not in done]
+    if todo:
+        if plan.model is not None:
+            with clock.stage("checkpoint"):
+                materialize_visibly(plan.model)  # random weights are built here, never by `plan`
+        executor.start()
+        for stage, seconds in getattr(executor, "waited_s", {}).items():
+            clock.add(stage, seconds)
+    else:
+        store.set_meta("quality_reference", {"reason": "no cell of this run needed it (none ran)"})
+    if request.before_cells is not None:
+        with clock.stage("report"):
+            request.before_cells()
+    progress.start(len(cells), sum(c.cell_id in done for c in cells))
+    try:
+        with clock.stage("cells"):
+            record_skips(store, cells, progress, ModelFacts(settings.model_config, executor.device()))
+            if todo:
+                executor.run(cells)
+    finally:
+        progress.stop()
+        if todo:
+            executor.close()
+    how = executor.summary() if todo else "no cell ran, so no worker was started"
+    with clock.stage("summary"):
+        missing = print_summary(store, cells, how)
+    store.set_meta(TIME_ACCOUNTING_KEY, clock.books(store.records()))
+    return StageResult(store.directory, missing, clock)
+
+
+def open_run(request: RunRequest, plan: Any, caps: Any) -> tuple[RunStore, RunSettings, Progress, list[Cell]]:
+    """The run directory (run.json written), the executor's settings, the progress display and this
+    shard's cells."""
     cells = select_shard(plan.cells, request.shard) if request.shard else plan.cells
     out = request.out or default_out(request.spec)
     meta = {
@@ -141,7 +193,6 @@ def run_stage(request: RunRequest) -> StageResult:
         seconds=request.budget_s or 1.0, min_n=request.min_samples, max_n=max(50, request.min_samples)
     )
     progress = make_progress(request.live)
-    done = store.final_cell_ids()
     settings = RunSettings(
         store=store,
         plan=plan,
@@ -152,28 +203,13 @@ def run_stage(request: RunRequest) -> StageResult:
         if plan.model is not None
         else json.loads((plan.checkpoint / "config.json").read_text()),
         quality=request.quality,
+        bitsandbytes=(
+            caps.host.bitsandbytes_version,
+            caps.host.bitsandbytes_error,
+            tuple(caps.host.bitsandbytes_devices),
+        ),
     )
-    executor = make_executor(request, settings, caps)
-    # The node (warm template, quality reference, calibration) is set up only when a cell will run.
-    todo = [c for c in cells if c.skip_reason is None and c.cell_id not in done]
-    if todo:
-        if plan.model is not None:
-            materialize_visibly(plan.model)  # random weights are built here, never by `plan`
-        executor.start()
-    else:
-        store.set_meta("quality_reference", {"reason": "no cell of this run needed it (none ran)"})
-    progress.start(len(cells), sum(c.cell_id in done for c in cells))
-    try:
-        record_skips(store, cells, progress, ModelFacts(settings.model_config, executor.device()))
-        if todo:
-            executor.run(cells)
-    finally:
-        progress.stop()
-        if todo:
-            executor.close()
-    how = executor.summary() if todo else "no cell ran, so no worker was started"
-    missing = print_summary(store, cells, how)
-    return StageResult(store.directory, missing)
+    return store, settings, progress, cells
 
 
 def ray_budget(request: RunRequest, caps: Any) -> MemoryBudget | None:

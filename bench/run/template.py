@@ -1,5 +1,7 @@
-"""What the warm template imports before any cell forks from it: torch, transformers, peft and
-bitsandbytes, and never a CUDA context (a forked child cannot use CUDA its parent initialised).
+"""The warm template for runs with quantized cells: the base template (bench.run.template_base: torch,
+transformers, the cell body) plus bitsandbytes and peft, and never a CUDA context (a forked child cannot
+use CUDA its parent initialised). Runs without quantized cells use the base template alone: importing
+bitsandbytes and peft there is seconds of start-up no cell of theirs needs.
 
 bitsandbytes asks torch for each GPU's compute capability at import time, which initialises CUDA. On a
 GPU host the template therefore imports it with `torch.cuda.get_device_capability` answered from NVML
@@ -57,24 +59,10 @@ def import_bitsandbytes() -> None:
 import_bitsandbytes()
 
 # After bitsandbytes: peft imports it too, and must find it already imported under the patch.
-import peft  # noqa: E402,F401
+import peft  # noqa: E402
 
+with contextlib.suppress(ImportError):  # another peft layout: a cell imports it itself
+    import peft.tuners.lora  # noqa: F401
 
-def preload_model_code() -> None:
-    """Import what every cell would otherwise import on first use (model classes, tokenizer backends,
-    safetensors): cells start faster, and a cell's RSS growth is its own tensors, not shared code."""
-    import importlib
-
-    for name in (
-        "safetensors.torch",
-        "transformers.models.llama.modeling_llama",
-        "transformers.models.qwen2.modeling_qwen2",
-        "transformers.tokenization_utils_fast",
-        "transformers.generation.utils",
-        "peft.tuners.lora",
-    ):
-        with contextlib.suppress(ImportError):  # another transformers layout: the cell imports it itself
-            importlib.import_module(name)
-
-
-preload_model_code()
+# Last, as before the split: model code and the cell body, after bitsandbytes is imported under the patch.
+import bench.run.template_base  # noqa: E402,F401

@@ -73,7 +73,13 @@ def run_cell_task(task: CellTask, conn: Any) -> None:
         # --find-max: a search of probes, each in its own process (bench.measure.findmax)
         body = run_find_max if task.cell.find_max else run_cell
         metrics = body(
-            task.cell, Path(task.checkpoint), task.budget, conn.send, task.quality_ref, task.quality_reason
+            task.cell,
+            Path(task.checkpoint),
+            task.budget,
+            conn.send,
+            task.quality_ref,
+            task.quality_reason,
+            bitsandbytes=task.bitsandbytes,
         )
         conn.send(Finished(CellOutcome("ok", metrics=metrics)))
     except BaseException as exc:  # every failure becomes a record; the runner goes on

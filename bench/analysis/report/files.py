@@ -18,6 +18,7 @@ from bench.analysis.report.html_page import render_html
 from bench.analysis.report.markdown import render_markdown
 from bench.analysis.report.plots import all_plots
 from bench.analysis.report.tables import View, all_tables, summary_facts, title
+from bench.analysis.report.timing import time_section
 from bench.errors import ReportError
 from bench.fileio import atomic_write_bytes, atomic_write_text
 
@@ -79,7 +80,8 @@ def render(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | No
         view = View.of(frame)
         heading, facts = title(run.meta), summary_facts(view, run.meta, run_path.resolve())
         workloads, statuses = all_tables(view)
-        atomic_write_text(paths["markdown"], render_markdown(heading, facts, workloads, statuses))
+        markdown = render_markdown(heading, facts, workloads, statuses) + time_section(run.meta)
+        atomic_write_text(paths["markdown"], markdown)
         atomic_write_text(paths["html"], render_html(heading, facts, workloads, statuses, all_plots(view)))
         written.result()
     return paths
