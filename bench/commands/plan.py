@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from bench.errors import EXIT_OK, SpecError
+from bench.units import argtype, positive_int
 
 __all__ = ["SPEC_OVERRIDES", "add_spec_args", "load_spec", "register", "run"]
 
@@ -44,10 +45,14 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
         "--cache", dest="use_cache", help="comma list: auto,on,off (auto: off under checkpointing)"
     )
     p.add_argument("--workloads", help="comma list: prefill,train,decode")
-    p.add_argument("--batch", type=int)
-    p.add_argument("--seq", type=int)
-    p.add_argument("--new-tokens", dest="new_tokens", type=int)
-    p.add_argument("--threads", type=int, help="CPU threads per cell (default 1: stable timings)")
+    p.add_argument("--batch", type=argtype(positive_int, "--batch"))
+    p.add_argument("--seq", type=argtype(positive_int, "--seq"))
+    p.add_argument("--new-tokens", dest="new_tokens", type=argtype(positive_int, "--new-tokens"))
+    p.add_argument(
+        "--threads",
+        type=argtype(positive_int, "--threads"),
+        help="CPU threads per cell (default 1: stable timings)",
+    )
 
 
 def load_spec(args: argparse.Namespace) -> Any:

@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.commands.plan import add_spec_args, load_spec
-from bench.units import parse_size
+from bench.units import argtype, parse_size, positive_int, positive_seconds, shard
+
+
+def min_samples(text: str, field: str) -> int:
+    """--min-samples: a spread needs two samples."""
+    return positive_int(text, field, minimum=2)
 
 
 def register(sub: Any) -> None:
@@ -20,11 +25,24 @@ def register(sub: Any) -> None:
     add_spec_args(run)
     run.add_argument("--out", help="run directory (default: runs/<time>-<spec>)")
     run.add_argument("--resume", action="store_true", help="continue a run: skip cells with a final record")
-    run.add_argument("--shard", help="I/N: run only this deterministic share of the cells")
-    run.add_argument("--timeout", type=float, help="seconds per cell (default 300 on GPU, 120 on CPU)")
-    run.add_argument("--budget", type=float, help="seconds of sampling per metric (default 1)")
     run.add_argument(
-        "--min-samples", type=int, default=5, help="samples per timed metric, at least (default 5)"
+        "--shard", type=argtype(shard, "--shard"), help="I/N: run only this deterministic share of the cells"
+    )
+    run.add_argument(
+        "--timeout",
+        type=argtype(positive_seconds, "--timeout"),
+        help="seconds per cell, above 0 (default 300 on GPU, 120 on CPU)",
+    )
+    run.add_argument(
+        "--budget",
+        type=argtype(positive_seconds, "--budget"),
+        help="seconds of sampling per metric, above 0 (default 1; --min-samples are taken whatever it is)",
+    )
+    run.add_argument(
+        "--min-samples",
+        type=argtype(min_samples, "--min-samples"),
+        default=5,
+        help="samples per timed metric, at least (default 5, at least 2)",
     )
     run.add_argument("--no-live", action="store_true", help="plain progress lines even on a terminal")
     run.add_argument(
@@ -36,7 +54,8 @@ def register(sub: Any) -> None:
     run.add_argument("--address", help="Ray cluster address (default: start a local one)")
     run.add_argument(
         "--vram-limit",
-        help="emulate a smaller GPU, e.g. 24GiB (CUDA: allocator fraction; CPU: RLIMIT_DATA on the cell process)",
+        type=argtype(parse_size, "--vram-limit"),
+        help="emulate a smaller GPU, with a unit, e.g. 24GiB (CUDA: allocator fraction; CPU: RLIMIT_DATA on the cell process)",
     )
     run.set_defaults(func=run_command)
 
@@ -48,7 +67,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     spec = load_spec(args)
     if args.vram_limit:
-        spec = spec.with_overrides(vram_limit_bytes=parse_size(args.vram_limit, "--vram-limit"))
+        spec = spec.with_overrides(vram_limit_bytes=args.vram_limit)
     request = RunRequest(
         spec=spec,
         out=Path(args.out) if args.out else None,

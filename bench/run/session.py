@@ -24,6 +24,7 @@ from bench.run.compose import ModelFacts, compose_record
 from bench.run.executor import Executor, LocalExecutor, RunSettings
 from bench.run.progress import Progress, make_progress
 from bench.run.store import RunStore, select_shard
+from bench.units import positive_seconds
 
 
 @dataclass
@@ -88,6 +89,9 @@ def run_stage(request: RunRequest) -> Path:
         raise SpecError(
             f"--min-samples={request.min_samples} must be at least 2 (a spread needs two samples)."
         )
+    for flag, seconds in (("--timeout", request.timeout_s), ("--budget", request.budget_s)):
+        if seconds is not None:  # API callers too: 0 must not fall back to the default, nor nan to no limit
+            positive_seconds(seconds, flag)
     caps = probe_cached()
     plan = make_plan(request.spec, caps.host)
     cells = select_shard(plan.cells, request.shard) if request.shard else plan.cells
