@@ -7,10 +7,12 @@ after it returns, because the run stage never imports analysis.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 from bench.commands.plan import add_spec_args, load_spec
+from bench.errors import EXIT_BAD_INPUT, EXIT_OK
 from bench.units import argtype, parse_size, positive_int, positive_seconds, shard
 
 
@@ -63,6 +65,7 @@ def register(sub: Any) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """Run the matrix the arguments name, then render its report; the exit code."""
     from bench.analysis.report import render
+    from bench.run.node import stop_template
     from bench.run.session import RunRequest, run_stage
 
     spec = load_spec(args)
@@ -80,7 +83,18 @@ def run_command(args: argparse.Namespace) -> int:
         executor=args.executor,
         address=args.address,
     )
-    directory = run_stage(request)
-    paths = render(directory)
+    try:
+        directory = run_stage(request)
+    finally:  # no process of the run outlives the command: the forkserver and the resource tracker
+        stop_template()
+    try:
+        paths = render(directory)
+    except OSError as exc:  # a full disk, a read-only directory: the records were fsynced before this
+        print(
+            f"loadbench: the run's records are safe in {directory}, but its report could not be written "
+            f"({exc.strerror or exc}); free some space and run `loadbench report {directory}`.",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     print(f"report: {paths['markdown']} · {paths['html']}")
-    return 0
+    return EXIT_OK

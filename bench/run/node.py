@@ -24,6 +24,7 @@ from bench.plan.planning import resolve_model
 from bench.run.messages import CalibrationTask, ProbeAnswer, ReferenceTask, Task
 
 TEMPLATE_MODULES = ["bench.run.template"]  # torch, transformers, peft, bitsandbytes; never CUDA
+TEMPLATE_LOG_ENV = "LOADBENCH_TEMPLATE_LOG"  # where the template sends what libraries print on import
 
 
 def worker_environment() -> None:
@@ -35,14 +36,20 @@ def worker_environment() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-def start_template() -> tuple[Any, float, str]:
+def start_template(log: Path | None = None) -> tuple[Any, float, str]:
     """Start the forkserver that holds the warm imports; returns (context, seconds, isolation mode).
+
+    `log` receives what the libraries print while the template imports them (third-party noise such as
+    bitsandbytes' kernels-community warning), instead of the user's terminal. A forkserver already
+    running in this process (the Python API, tests) is reused and keeps its first log.
 
     If a forked child finds CUDA already initialised by the template (a "bad fork"), cells could not
     use the GPU; then every cell gets a cold interpreter instead (slower, still isolated), and the
     mode says so.
     """
     worker_environment()
+    if log is not None:
+        os.environ[TEMPLATE_LOG_ENV] = str(log)
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(TEMPLATE_MODULES)
     start = time.perf_counter()
@@ -58,6 +65,22 @@ def start_template() -> tuple[Any, float, str]:
     if bad_fork:
         return multiprocessing.get_context("spawn"), elapsed, "spawn: the template had initialised CUDA"
     return ctx, elapsed, "forkserver"
+
+
+def stop_template() -> None:
+    """Stop this process's forkserver and resource tracker now, waiting for both: at the end of `loadbench
+    run` no process of its group may outlive it (they would otherwise linger until they notice the parent
+    is gone). multiprocessing starts them again on the next use."""
+    from multiprocessing import resource_tracker
+
+    for helper in (
+        getattr(multiprocessing.forkserver, "_forkserver", None),
+        getattr(resource_tracker, "_resource_tracker", None),
+    ):
+        stop = getattr(helper, "_stop", None)  # CPython's own way to stop them (used by its tests)
+        if stop is not None:
+            with contextlib.suppress(OSError, ChildProcessError, TypeError):
+                stop()
 
 
 def _fork_check(conn: Any) -> None:
@@ -144,7 +167,7 @@ class NodeSetup:
 def prepare_node(checkpoint: Path, fingerprint: str, lane: str | None, log_dir: Path) -> NodeSetup:
     """Start the warm template, then compute (or find) the quality reference and, on a GPU lane, the
     calibration, each in a worker process of that template; probe logs go to `log_dir`."""
-    ctx, template_s, isolation = start_template()
+    ctx, template_s, isolation = start_template(log_dir / "template.log")
     device = "cpu" if lane is None else "cuda"
     ref_path = quality_reference_path(fingerprint, device)
     ref_path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,6 @@ numbers mean the same. Records come back to the driver, which alone writes the s
 from __future__ import annotations
 
 import functools
-import json
 import os
 import socket
 import tempfile
@@ -20,6 +19,7 @@ from typing import Any
 from bench.errors import BenchError
 from bench.measure.outcome import CellOutcome
 from bench.measure.probes import Budget
+from bench.plan.checkpoints import read_json
 from bench.plan.matrix import Cell
 from bench.run.compose import compose_record
 from bench.run.faults import fault_for, faults_from_environment
@@ -99,7 +99,7 @@ def run_on_node(task: NodeTask) -> dict[str, Any]:
         budget=task.budget,
         lanes=lanes,
         samplers=dict(samplers),
-        model_config=json.loads((checkpoint / "config.json").read_text()),
+        model_config=read_json(checkpoint / "config.json"),
         calibration=node.calibration,
         quality_ref=node.quality_ref,
         faults={task.cell.cell_id: task.fault} if task.fault else {},
@@ -143,6 +143,7 @@ class RayExecutor:
         self.timeout_s = timeout_s
         self.budget = budget
         self.faults = faults_from_environment()
+        self._owns_ray = False  # True once this executor called ray.init: close shuts that cluster down
 
     # -- the Executor protocol ---------------------------------------------------------------------
     def start(self) -> None:
@@ -152,7 +153,13 @@ class RayExecutor:
         return "cuda" if self.gpu_cluster() else "cpu"
 
     def close(self) -> None:
-        pass
+        """Shut down the local Ray cluster this executor started (raylet, GCS, agents); a cluster given by
+        --address, or one the caller had initialised, is left running."""
+        if self._owns_ray:
+            import ray
+
+            ray.shutdown()
+            self._owns_ray = False
 
     def summary(self) -> str:
         return "ray executor: each node forks cells from its own warm template"
@@ -205,6 +212,7 @@ class RayExecutor:
             # nothing listens on or talks to the machine's network address.
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         if not ray.is_initialized():
+            self._owns_ray = True
             ray.init(
                 address=self.address,
                 include_dashboard=False,

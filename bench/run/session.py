@@ -7,7 +7,6 @@ The run stage ends with the run directory written; rendering its report belongs 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from typing import Any
 from bench.errors import SpecError
 from bench.measure.outcome import CellOutcome
 from bench.measure.probes import Budget
+from bench.plan.checkpoints import read_json
 from bench.plan.matrix import Cell, MatrixSpec
 from bench.plan.planning import make_plan
 from bench.run.compose import ModelFacts, compose_record
@@ -118,9 +118,14 @@ def run_stage(request: RunRequest) -> Path:
         budget=budget,
         timeout_s=request.timeout_s,
         progress=progress,
-        model_config=json.loads((plan.checkpoint / "config.json").read_text()),
+        model_config=read_json(plan.checkpoint / "config.json"),
     )
     executor = make_executor(request, settings, caps)
+    print(
+        f"loadbench: {len(cells)} cells planned ({request.spec.name}) into {store.directory}; "
+        f"starting the {request.executor} executor",
+        flush=True,
+    )
     executor.start()
     progress.start(len(cells), sum(c.cell_id in done for c in cells))
     try:
