@@ -55,14 +55,22 @@ def read_recipe(recipe: str | Path | Mapping[str, Any]) -> Mapping[str, Any]:
     return data
 
 
+def _length(data: Mapping[str, Any], key: str) -> int:
+    """A recipe's token length field: a positive whole number, else one sentence naming the field."""
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LoadConfigError(f"recipe {key}={value!r} must be a positive whole number of tokens.")
+    return value
+
+
 def _shape(data: Mapping[str, Any]) -> RecipeShape:
     batch = data.get("per_device_train_batch_size")
     for key in ("max_seq_length", "max_length"):
         if data.get(key):
-            return RecipeShape(batch, int(data[key]), key)
-    prompt, completion = data.get("max_prompt_length"), data.get("max_completion_length")
-    if prompt and completion:
-        return RecipeShape(batch, int(prompt) + int(completion), "max_prompt_length+max_completion_length")
+            return RecipeShape(batch, _length(data, key), key)
+    if data.get("max_prompt_length") and data.get("max_completion_length"):
+        seq = _length(data, "max_prompt_length") + _length(data, "max_completion_length")
+        return RecipeShape(batch, seq, "max_prompt_length+max_completion_length")
     return RecipeShape(batch, None, None)
 
 
