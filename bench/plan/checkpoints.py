@@ -140,8 +140,9 @@ def checkpoint_fingerprint(path: str | Path) -> str:
         with f.open("rb") as fh:
             head = fh.read(8)
             length = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-            # a damaged length field (0x7fff...) must not reach read(): it is one sentence, not an OverflowError
-            header = fh.read(length) if 0 < length <= f.stat().st_size - 8 else b""
+            # a damaged length field (0x7fff...) must not reach read() (OverflowError): read at most the file;
+            # the cell that loads these weights then ends `error` ("weights file ... is corrupt")
+            header = fh.read(min(length, f.stat().st_size))
         if not header.startswith(b"{"):
             raise CheckpointError(
                 f"{str(f)!r} has no safetensors header, so the file is truncated or not safetensors."

@@ -46,6 +46,11 @@ def test_huge_safetensors_header_length_is_a_sentence(
     weights = next(damaged.glob("*.safetensors"))
     data = weights.read_bytes()
     weights.write_bytes(struct.pack("<Q", 0x7FFF_FFFF_FFFF_FFFF) + data[8:])  # was: OverflowError
+    assert checkpoint_fingerprint(
+        damaged
+    )  # planned; the cell loading it ends `error` (as truncated weights do)
+    assert main(["plan", "--model", str(damaged)]) == 0
+    weights.write_bytes(struct.pack("<Q", 0x7FFF_FFFF_FFFF_FFFF) + b"garbage")
     with pytest.raises(CheckpointError, match="no safetensors header"):
         checkpoint_fingerprint(damaged)
     assert main(["plan", "--model", str(damaged)]) == 2
