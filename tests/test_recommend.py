@@ -163,12 +163,18 @@ def test_cli_accepts_sizes_and_prints_the_pick(
     assert "pick" in out and "runner-up" in out and "unquantized + no checkpointing" in out
 
 
-@pytest.mark.parametrize("size", ["24 parsecs", "lots", "-3GiB", ""])
+@pytest.mark.parametrize("size", ["24 parsecs", "lots", "-3GiB", "", "24"])
 def test_cli_bad_vram_is_one_sentence_and_exit_2(
     run: Path, size: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _cli(str(run), f"--vram={size}", "--task", "train") == 2
-    assert "--vram" in _one_sentence(capsys.readouterr().err)
+    """Refused by argparse at the edge (usage, then one sentence naming --vram), before the run is read."""
+    with pytest.raises(SystemExit) as exit_info:
+        _cli(str(run), f"--vram={size}", "--task", "train")
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "argument --vram: " in last and last.endswith(".")
+    if size == "24":
+        assert "add a unit, e.g. 24GiB" in last
 
 
 def test_cli_bad_margin_and_not_a_run_exit_2(

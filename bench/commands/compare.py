@@ -7,9 +7,11 @@ report (or, on bad input, a one-sentence error document) is written atomically a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from bench.analysis.compare import compare, render, render_error, summary_line
@@ -69,6 +71,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_compare(args: argparse.Namespace) -> int:
     """The `compare` subcommand: 0 no significant regression, 1 a regression, 2 bad input."""
+    if args.out and Path(args.out).is_dir():  # checked first: a report must not replace a directory
+        print(f"loadbench compare: --out {args.out!r} is a directory; give a file path.", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         comparison = compare(
             args.base,
@@ -80,12 +85,17 @@ def run_compare(args: argparse.Namespace) -> int:
     except BAD_INPUT as exc:  # CompareError too: one sentence
         print(f"loadbench compare: {exc}", file=sys.stderr)
         if args.out:
-            atomic_write_text(args.out, render_error(str(exc), args.format))
+            with contextlib.suppress(OSError):  # the sentence is printed; the error document is a courtesy
+                atomic_write_text(args.out, render_error(str(exc), args.format))
         return EXIT_BAD_INPUT
     with gc_paused():
         text = render(comparison, args.format)
     if args.out:
-        atomic_write_text(args.out, text)
+        try:
+            atomic_write_text(args.out, text)
+        except OSError as exc:
+            print(f"loadbench compare: cannot write {args.out} ({exc.strerror or exc}).", file=sys.stderr)
+            return EXIT_BAD_INPUT
         print(summary_line(comparison))
     else:
         sys.stdout.write(text)

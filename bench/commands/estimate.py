@@ -11,6 +11,7 @@ from typing import Any
 
 from bench.errors import EXIT_OK
 from bench.plan.estimate_table import arch_for, estimate_table
+from bench.units import argtype, parse_size, positive_int
 
 __all__ = ["register", "run"]
 
@@ -33,12 +34,17 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--revision", help="hub revision of --model (default: main)")
     p.add_argument("--online", action="store_true", help="allow fetching --model's config.json from the hub")
     p.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true")
-    p.add_argument("--vram", default=None, help="memory to fit in, e.g. 24GiB (default: no fit column)")
+    p.add_argument(
+        "--vram",
+        type=argtype(parse_size, "--vram"),
+        default=None,
+        help="memory to fit in, with a unit, e.g. 24GiB (default: no fit column)",
+    )
     p.add_argument("--task", choices=("train", "infer"), default="train")
     p.add_argument("--preset", default="gpu", help="matrix preset whose axes and shape are the defaults")
-    p.add_argument("--batch", type=int)
-    p.add_argument("--seq", type=int)
-    p.add_argument("--new-tokens", dest="new_tokens", type=int)
+    p.add_argument("--batch", type=argtype(positive_int, "--batch"))
+    p.add_argument("--seq", type=argtype(positive_int, "--seq"))
+    p.add_argument("--new-tokens", dest="new_tokens", type=argtype(positive_int, "--new-tokens"))
     p.add_argument("--dtype", help="comma list (default: the preset's)")
     p.add_argument("--quant", help="comma list (default: the preset's)")
     p.add_argument("--attn", help="comma list (default: the preset's)")

@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from bench.errors import EXIT_OK, SpecError
+from bench.units import argtype, parse_size, positive_int
 
 __all__ = ["SPEC_OVERRIDES", "add_spec_args", "load_spec", "register", "run"]
 
@@ -70,10 +71,14 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
         "--cache", dest="use_cache", help="comma list: auto,on,off (auto: off under checkpointing)"
     )
     p.add_argument("--workloads", help="comma list: prefill,train,decode")
-    p.add_argument("--batch", type=int)
-    p.add_argument("--seq", type=int)
-    p.add_argument("--new-tokens", dest="new_tokens", type=int)
-    p.add_argument("--threads", type=int, help="CPU threads per cell (default 1: stable timings)")
+    p.add_argument("--batch", type=argtype(positive_int, "--batch"))
+    p.add_argument("--seq", type=argtype(positive_int, "--seq"))
+    p.add_argument("--new-tokens", dest="new_tokens", type=argtype(positive_int, "--new-tokens"))
+    p.add_argument(
+        "--threads",
+        type=argtype(positive_int, "--threads"),
+        help="CPU threads per cell (default 1: stable timings)",
+    )
     p.add_argument(
         "--train-mode",
         dest="train_mode",
@@ -85,9 +90,17 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
         choices=("batch", "seq"),
         help="per cell, search the largest batch (at --seq) or seq (at --batch) that fits the memory budget",
     )
-    p.add_argument("--max-batch", dest="max_batch", type=int, help="cap of --find-max batch (default 256)")
     p.add_argument(
-        "--max-seq", dest="max_seq", type=int, help="cap of --find-max seq (default: the model's context)"
+        "--max-batch",
+        dest="max_batch",
+        type=argtype(positive_int, "--max-batch"),
+        help="cap of --find-max batch (default 256)",
+    )
+    p.add_argument(
+        "--max-seq",
+        dest="max_seq",
+        type=argtype(positive_int, "--max-seq"),
+        help="cap of --find-max seq (default: the model's context)",
     )
     p.add_argument(
         "--at-max",
@@ -98,7 +111,8 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--vram-limit",
-        help="emulate a smaller GPU, e.g. 24GiB (CUDA: allocator fraction; CPU: RLIMIT_DATA on the cell process)",
+        type=argtype(parse_size, "--vram-limit"),
+        help="emulate a smaller GPU, with a unit, e.g. 24GiB (CUDA: allocator fraction; CPU: RLIMIT_DATA on the cell process)",
     )
     p.add_argument(
         "--no-fit-check",
@@ -122,10 +136,8 @@ def load_spec(args: argparse.Namespace) -> Any:
     else:
         spec = load_preset(args.preset or "default")
     spec = spec.with_overrides(**{k: getattr(args, k, None) for k in SPEC_OVERRIDES})
-    if getattr(args, "vram_limit", None):
-        from bench.units import parse_size
-
-        spec = spec.with_overrides(vram_limit_bytes=parse_size(args.vram_limit, "--vram-limit"))
+    if getattr(args, "vram_limit", None):  # bytes already: argparse parsed the size
+        spec = spec.with_overrides(vram_limit_bytes=args.vram_limit)
     load = dict(spec.load)
     if getattr(args, "revision", None):
         load["revision"] = args.revision

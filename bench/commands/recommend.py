@@ -19,7 +19,7 @@ def run_recommend(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     try:
-        vram = units.parse_size(args.vram, "--vram")
+        vram = args.vram if isinstance(args.vram, int) else units.parse_size(args.vram, "--vram")
         margin = parse_margin(args.margin)
         rec = recommend(Path(args.dir), vram, args.task, args.objective, margin)
     except ValueError as exc:  # StoreError, RecommendError, LoadConfigError: one sentence each
@@ -38,7 +38,10 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("dir", metavar="DIR", help="a run directory")
     parser.add_argument(
-        "--vram", required=True, help="memory of the target device, e.g. 24GiB, 16GB, 80G, 512MiB"
+        "--vram",
+        required=True,
+        type=units.argtype(units.parse_size, "--vram"),
+        help="memory of the target device, e.g. 24GiB, 16GB, 80G, 512MiB",
     )
     parser.add_argument(
         "--task", required=True, choices=TASKS, help="train (train step) or infer (prefill+decode)"

@@ -7,11 +7,19 @@ after it returns, because the run stage never imports analysis.
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 from bench.commands.plan import add_spec_args, load_spec
+from bench.errors import EXIT_BAD_INPUT
+from bench.units import argtype, positive_int, positive_seconds, shard
+
+
+def min_samples(text: str, field: str) -> int:
+    """--min-samples: a spread needs two samples."""
+    return positive_int(text, field, minimum=2)
 
 
 def register(sub: Any) -> None:
@@ -20,11 +28,24 @@ def register(sub: Any) -> None:
     add_spec_args(run)
     run.add_argument("--out", help="run directory (default: runs/<time>-<spec>)")
     run.add_argument("--resume", action="store_true", help="continue a run: skip cells with a final record")
-    run.add_argument("--shard", help="I/N: run only this deterministic share of the cells")
-    run.add_argument("--timeout", type=float, help="seconds per cell (default 300 on GPU, 120 on CPU)")
-    run.add_argument("--budget", type=float, help="seconds of sampling per metric (default 1)")
     run.add_argument(
-        "--min-samples", type=int, default=5, help="samples per timed metric, at least (default 5)"
+        "--shard", type=argtype(shard, "--shard"), help="I/N: run only this deterministic share of the cells"
+    )
+    run.add_argument(
+        "--timeout",
+        type=argtype(positive_seconds, "--timeout"),
+        help="seconds per cell, above 0 (default 300 on GPU, 120 on CPU)",
+    )
+    run.add_argument(
+        "--budget",
+        type=argtype(positive_seconds, "--budget"),
+        help="seconds of sampling per metric, above 0 (default 1; --min-samples are taken whatever it is)",
+    )
+    run.add_argument(
+        "--min-samples",
+        type=argtype(min_samples, "--min-samples"),
+        default=5,
+        help="samples per timed metric, at least (default 5, at least 2)",
     )
     run.add_argument("--no-live", action="store_true", help="plain progress lines even on a terminal")
     run.add_argument(
@@ -50,6 +71,7 @@ def run_command(args: argparse.Namespace) -> int:
     clock = TimeAccounting()  # first: the interpreter's start-up is the run's too
     report_imports = threading.Thread(target=_import_report, name="report-imports", daemon=True)
     report_imports.start()  # while the template starts; joined before the first cell
+    from bench.run.node import stop_template
     from bench.run.session import RunRequest, run_stage
 
     spec = load_spec(args)  # --vram-limit included
@@ -70,12 +92,23 @@ def run_command(args: argparse.Namespace) -> int:
         accounting=clock,
         before_cells=report_imports.join,
     )
-    result = run_stage(request)
-    with clock.stage("report"):
-        from bench.analysis.report import render
+    try:
+        result = run_stage(request)
+    finally:  # no process of the run outlives the command: the forkserver and the resource tracker
+        stop_template()
+    try:
+        with clock.stage("report"):
+            from bench.analysis.report import render
 
-        paths = render(result.directory)
-    books = write_books(result.directory, clock)
+            paths = render(result.directory)
+        books = write_books(result.directory, clock)
+    except OSError as exc:  # a full disk, a read-only directory: the records were fsynced before this
+        print(
+            f"loadbench: the run's records are safe in {result.directory}, but its report could not be "
+            f"written ({exc.strerror or exc}); free some space and run `loadbench report {result.directory}`.",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     print(f"report: {paths['markdown']} · {paths['html']}")
     print(
         f"time: {books['wall_s']:.1f} s, of which cells measured {books['cells_measured_s']:.1f} s "

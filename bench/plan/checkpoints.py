@@ -38,6 +38,7 @@ __all__ = [
     "load_preset",
     "make_checkpoint",
     "marker_key",
+    "read_json",
 ]
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "presets" / "arch"
@@ -114,6 +115,19 @@ def build_into(dest: Path, key: str, write: Callable[[Path], None]) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def read_json(path: Path) -> Any:
+    """A checkpoint's JSON file (config.json, loadbench.json); unreadable, non-UTF-8 or invalid JSON is one
+    sentence naming the file."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CheckpointError(f"{str(path)!r} cannot be read: {exc.strerror or exc}.") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{str(path)!r} is not UTF-8 text, so it is not a valid JSON file.") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{str(path)!r} is not valid JSON ({exc}).") from None
+
+
 def checkpoint_fingerprint(path: str | Path) -> str:
     """A short stable hash of what a checkpoint is, cheap enough to compute per cell.
 
@@ -127,14 +141,17 @@ def checkpoint_fingerprint(path: str | Path) -> str:
     config = root / "config.json"
     if not config.is_file():
         raise CheckpointError(f"{str(root)!r} has no config.json, so it is not a checkpoint.")
-    h.update(canonical_json(json.loads(config.read_text(encoding="utf-8"))))
+    h.update(canonical_json(read_json(config)))
     files = sorted(root.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"{str(root)!r} has no *.safetensors files to fingerprint.")
     for f in files:
         with f.open("rb") as fh:
             head = fh.read(8)
-            header = fh.read(struct.unpack("<Q", head)[0]) if len(head) == 8 else b""
+            length = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+            # a damaged length field (0x7fff...) must not reach read() (OverflowError): read at most the file;
+            # the cell that loads these weights then ends `error` ("weights file ... is corrupt")
+            header = fh.read(min(length, f.stat().st_size))
         if not header.startswith(b"{"):
             raise CheckpointError(
                 f"{str(f)!r} has no safetensors header, so the file is truncated or not safetensors."
@@ -143,7 +160,7 @@ def checkpoint_fingerprint(path: str | Path) -> str:
         h.update(header)
     marker = root / MARKER
     if marker.is_file():
-        h.update(b"\0" + canonical_json(json.loads(marker.read_text(encoding="utf-8"))))
+        h.update(b"\0" + canonical_json(read_json(marker)))
     return h.hexdigest()[:16]
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.plan.checkpoints import load_preset
+from bench.errors import CheckpointError
+from bench.plan.checkpoints import load_preset, read_json
 
 __all__ = ["DTYPE_BYTES", "LORA_RANK", "Arch", "arch_from_config", "config_for"]
 
@@ -131,7 +131,18 @@ class Arch:
 
 
 def arch_from_config(config: Mapping[str, Any]) -> Arch:
-    """An Arch from a transformers config.json dict (Llama, Qwen2, SmolLM and their kin)."""
+    """An Arch from a transformers config.json dict (Llama, Qwen2, SmolLM and their kin); a missing or
+    wrong-typed size field is one sentence naming it (CheckpointError), not a bare int() error."""
+    for name in (
+        "hidden_size",
+        "num_attention_heads",
+        "num_hidden_layers",
+        "intermediate_size",
+        "vocab_size",
+    ):
+        value = config.get(name) if isinstance(config, Mapping) else None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CheckpointError(f"config.json field {name}={value!r} must be a positive whole number.")
     h = int(config["hidden_size"])
     heads = int(config["num_attention_heads"])
     kv = int(config.get("num_key_value_heads") or heads)
@@ -201,5 +212,5 @@ def config_for(model: str | Path) -> Arch:
     if path.is_dir():
         path = path / "config.json"
     if path.is_file():
-        return arch_from_config(json.loads(path.read_text(encoding="utf-8")))
+        return arch_from_config(read_json(path))
     return _preset_arch(str(model))

@@ -46,7 +46,7 @@ def estimate_table(args: argparse.Namespace) -> tuple[list[str], list[list[str]]
     """Header, rows and title of the `loadbench estimate` table (separate from printing, for tests)."""
     spec = load_preset(args.preset)
     name, arch = arch_for(args)
-    vram = parse_size(args.vram, "--vram") if args.vram else None
+    vram = args.vram if isinstance(args.vram, int) or args.vram is None else parse_size(args.vram, "--vram")
     batch = args.batch or spec.shape.batch
     seq = args.seq or spec.shape.seq
     new = args.new_tokens or spec.shape.new_tokens

@@ -196,9 +196,10 @@ class MatrixSpec:
     def from_mapping(cls, data: Mapping[str, Any], name: str = "custom") -> MatrixSpec:
         """A spec from a parsed YAML mapping; unknown keys are one sentence, not silently ignored."""
         allowed = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - allowed)
+        unknown = sorted(set(data) - allowed, key=str)
         if unknown:
             raise SpecError(f"spec key {unknown[0]!r} is unknown; use: {', '.join(sorted(allowed))}.")
+        _check_scalar_types(data)
         kwargs: dict[str, Any] = {
             k: _as_axis(k, v) for k, v in data.items() if k not in ("shape", "load", "lora")
         }
@@ -208,7 +209,12 @@ class MatrixSpec:
                 raise SpecError(f"shape must be a mapping with keys {', '.join(SHAPE_KNOBS)}.")
             kwargs["shape"] = Shape(**shape)
         if "load" in data:
-            kwargs["load"] = tuple(sorted(dict(data["load"]).items()))
+            load = data["load"]
+            if not isinstance(load, Mapping) or not all(isinstance(k, str) for k in load):
+                raise SpecError(
+                    f"load must be a mapping of knob names to values; use: {', '.join(LOAD_KNOBS)}."
+                )
+            kwargs["load"] = tuple(sorted(load.items()))
         if "lora" in data:
             if not isinstance(data["lora"], Mapping):
                 raise SpecError(f"lora must be a mapping with keys {', '.join(LORA_DEFAULTS)}.")
@@ -302,6 +308,25 @@ def load_preset(name: str) -> MatrixSpec:
         names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
         raise SpecError(f"matrix preset {name!r} does not exist; use one of: {', '.join(names)}.")
     return MatrixSpec.from_yaml(path)
+
+
+# Spec fields that hold one value, and the type that value must have (YAML may hand over anything).
+_SCALARS: dict[str, tuple[type, str]] = {
+    "model": (str, "an architecture preset name or a checkpoint directory, e.g. tiny-llama"),
+    "name": (str, "a short label"),
+    "threads": (int, "a whole number of at least 1"),
+    "vram_limit_bytes": (int, "a whole number of bytes above 0"),
+}
+
+
+def _check_scalar_types(data: Mapping[str, Any]) -> None:
+    """`model: [1, 2]` is a sentence naming the field, not a TypeError further down."""
+    for key, (kind, what) in _SCALARS.items():
+        value = data.get(key)
+        if value is None and key == "vram_limit_bytes":
+            continue
+        if key in data and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise SpecError(f"spec {key}={value!r} must be {what}.")
 
 
 def _as_axis(name: str, value: Any) -> Any:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.errors import CheckpointError
 from bench.measure.derived import derive
 from bench.measure.outcome import CellOutcome
 from bench.plan.estimate import estimate_cell
@@ -82,6 +83,20 @@ def estimate_columns(
     return out
 
 
+# What reading the checkpoint's config.json for derived metrics and the estimate may raise on a bad value.
+MODEL_FACT_ERRORS = (CheckpointError, ArithmeticError, LookupError, TypeError, ValueError)
+
+
+def unreadable_config(outcome: CellOutcome, exc: Exception) -> dict[str, Any]:
+    """The columns that replace a record's status when its config.json cannot be read: an ok cell becomes
+    `error` (its numbers cannot be checked against the model), any other status keeps its own and says why
+    it has no estimate."""
+    why = f"the checkpoint's config.json cannot be used for the memory estimate and derived metrics: {exc}"
+    if outcome.status != "ok":
+        return {"reason": f"{outcome.reason}; {why}" if outcome.reason else why}
+    return {"status": "error", "reason": why, "error.type": type(exc).__name__, "error.message": str(exc)}
+
+
 def compose_record(
     cell: Cell,
     outcome: CellOutcome,
@@ -105,9 +120,15 @@ def compose_record(
     if attempt is not None:
         record.update(nvml if nvml is not None else no_nvml_columns())
     if model is not None:
-        if outcome.status == "ok" and model.config:
-            record.update(derive(record, model.config, model.calibration))
-        record.update(estimate_columns(cell, record, model.config, model.device))
+        try:
+            extra: dict[str, Any] = {}
+            if outcome.status == "ok" and model.config:
+                extra.update(derive(record, model.config, model.calibration))
+            extra.update(estimate_columns(cell, {**record, **extra}, model.config, model.device))
+        except MODEL_FACT_ERRORS as exc:  # a wrong-typed config.json value fails this cell, not the run
+            record.update(unreadable_config(outcome, exc))
+        else:
+            record.update(extra)
     record.update(dict(cell.fit))  # the plan's fit check: predicted peak against what the cell had
     if attempt is not None:
         record.update(

@@ -108,6 +108,9 @@ class LocalExecutor:
         self.drift_start = run_drift_probe(node.ctx, self.lanes[0], logs / "drift.log")
         store.set_meta(DRIFT_KEY, drift_record(self.drift_start, None))
         self.how = f"worker template ({node.isolation}) started in {node.template_s:.2f} s"
+        template_log = logs / "template.log"
+        if template_log.is_file() and template_log.stat().st_size:  # kept out of the terminal, not hidden
+            self.how += f"; library messages at import: {template_log}"
 
     def device(self) -> str:
         return "cpu" if self.lanes[0] is None else "cuda"

@@ -12,8 +12,10 @@ import contextlib
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,8 @@ def worker_environment() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+# Where the template sends what libraries print on import; bench.run.template_io reads the same name.
+TEMPLATE_LOG_ENV = "LOADBENCH_TEMPLATE_LOG"
 _TEMPLATE_BEGUN: dict[str, float] = {}  # "at": perf_counter() when the template last began starting
 
 
@@ -50,17 +54,28 @@ def begin_template(modules: list[str] | None = None) -> None:
     """Start the forkserver that holds the warm imports, and return at once: it imports while the parent
     probes the host, plans and builds the checkpoint; `start_template` later waits for it. The
     forkserver is the process's: once running, later runs in this process reuse it (its preload stays
-    what the first run asked for; a cell imports anything else itself)."""
+    what the first run asked for; a cell imports anything else itself). What libraries print while the
+    template imports goes to a temporary log (bench.run.template_io), which start_template copies into
+    the run's logs."""
     worker_environment()
+    if not os.environ.get(TEMPLATE_LOG_ENV):
+        fd, path = tempfile.mkstemp(prefix="loadbench-template-", suffix=".log")
+        os.close(fd)
+        os.environ[TEMPLATE_LOG_ENV] = path
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(modules or TEMPLATE_MODULES)
     _TEMPLATE_BEGUN.setdefault("at", time.perf_counter())
     multiprocessing.forkserver.ensure_running()
 
 
-def start_template() -> tuple[Any, float, str]:
+def start_template(log: Path | None = None) -> tuple[Any, float, str]:
     """Wait for the forkserver that holds the warm imports (starting it if `begin_template` did not);
-    returns (context, seconds since it began starting, isolation mode).
+    returns (context, seconds since it began starting, isolation mode); what the imports printed is
+    copied to `log`.
+
+    `log` receives what the libraries print while the template imports them (third-party noise such as
+    bitsandbytes' kernels-community warning), instead of the user's terminal. A forkserver already
+    running in this process (the Python API, tests) is reused and keeps its first log.
 
     If a forked child finds CUDA already initialised by the template (a "bad fork"), cells could not
     use the GPU; then every cell gets a cold interpreter instead (slower, still isolated), and the
@@ -75,10 +90,35 @@ def start_template() -> tuple[Any, float, str]:
     send.close()
     bad_fork = recv.recv() if recv.poll(300) else True
     proc.join()
-    elapsed = time.perf_counter() - _TEMPLATE_BEGUN.pop("at")
+    elapsed = time.perf_counter() - _TEMPLATE_BEGUN.pop("at", time.perf_counter())
+    noise = os.environ.get(TEMPLATE_LOG_ENV)
+    if log is not None and noise and os.path.getsize(noise) > 0:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(noise, log)
     if bad_fork:
         return multiprocessing.get_context("spawn"), elapsed, "spawn: the template had initialised CUDA"
     return ctx, elapsed, "forkserver"
+
+
+def stop_template() -> None:
+    """Stop this process's forkserver and resource tracker now, waiting for both: at the end of `loadbench
+    run` no process of its group may outlive it (they would otherwise linger until they notice the parent
+    is gone). multiprocessing starts them again on the next use."""
+    from multiprocessing import resource_tracker
+
+    for helper in (
+        getattr(multiprocessing.forkserver, "_forkserver", None),
+        getattr(resource_tracker, "_resource_tracker", None),
+    ):
+        stop = getattr(helper, "_stop", None)  # CPython's own way to stop them (used by its tests)
+        if stop is not None:
+            with contextlib.suppress(OSError, ChildProcessError, TypeError):
+                stop()
+    noise = os.environ.pop(TEMPLATE_LOG_ENV, None)  # copied into the run's logs by start_template
+    if noise:
+        with contextlib.suppress(OSError):
+            os.unlink(noise)
+    _TEMPLATE_BEGUN.clear()
 
 
 def _fork_check(conn: Any) -> None:
@@ -233,7 +273,7 @@ def prepare_node(
     within `timeout_s`) and, on a GPU lane, the calibration, each in a worker process of that
     template; probe logs go to `log_dir`. Called only when a runnable cell needs the node."""
     t0 = time.perf_counter()
-    ctx, template_s, isolation = start_template()
+    ctx, template_s, isolation = start_template(log_dir / "template.log")
     t1 = time.perf_counter()
     reference = (
         prepare_quality_reference(ctx, checkpoint, fingerprint, lane, log_dir / "quality.log", timeout_s)

@@ -10,7 +10,6 @@ numbers mean the same. Records come back to the driver, which alone writes the s
 from __future__ import annotations
 
 import functools
-import json
 import os
 import socket
 import tempfile
@@ -21,6 +20,7 @@ from typing import Any
 from bench.errors import BenchError
 from bench.measure.outcome import CellOutcome
 from bench.measure.probes import Budget
+from bench.plan.checkpoints import read_json
 from bench.plan.matrix import Cell
 from bench.run.compose import compose_record
 from bench.run.faults import fault_for, faults_from_environment
@@ -106,7 +106,7 @@ def run_on_node(task: NodeTask) -> dict[str, Any]:
         budget=task.budget,
         lanes=lanes,
         samplers=dict(samplers),
-        model_config=json.loads((checkpoint / "config.json").read_text()),
+        model_config=read_json(checkpoint / "config.json"),
         calibration=node.calibration,
         quality_ref=node.quality_ref,
         quality_reason=node.quality_reason,
@@ -153,6 +153,7 @@ class RayExecutor:
         self.budget = budget
         self.quality = quality
         self.faults = faults_from_environment()
+        self._owns_ray = False  # True once this executor called ray.init: close shuts that cluster down
 
     # -- the Executor protocol ---------------------------------------------------------------------
     def start(self) -> None:
@@ -162,7 +163,13 @@ class RayExecutor:
         return "cuda" if self.gpu_cluster() else "cpu"
 
     def close(self) -> None:
-        pass
+        """Shut down the local Ray cluster this executor started (raylet, GCS, agents); a cluster given by
+        --address, or one the caller had initialised, is left running."""
+        if self._owns_ray:
+            import ray
+
+            ray.shutdown()
+            self._owns_ray = False
 
     def summary(self) -> str:
         return "ray executor: each node forks cells from its own warm template"
@@ -223,6 +230,7 @@ class RayExecutor:
             # nothing listens on or talks to the machine's network address.
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         if not ray.is_initialized():
+            self._owns_ray = True
             ray.init(
                 address=self.address,
                 include_dashboard=False,

@@ -7,7 +7,6 @@ The run stage ends with the run directory written; rendering its report belongs 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from typing import Any
 from bench.errors import EXIT_INCOMPLETE, EXIT_OK, SpecError
 from bench.measure.outcome import CellOutcome
 from bench.measure.probes import Budget
+from bench.plan.checkpoints import read_json
 from bench.plan.fit import MemoryBudget
 from bench.plan.matrix import Cell, MatrixSpec
 from bench.plan.planning import make_plan
@@ -30,6 +30,7 @@ from bench.run.records import is_final
 from bench.run.store import RunStore, select_shard
 from bench.run.weights import materialize_visibly
 from bench.schema import MISSING_STATUS, TIME_ACCOUNTING_KEY
+from bench.units import positive_seconds
 
 
 @dataclass
@@ -115,6 +116,9 @@ def run_stage(request: RunRequest) -> StageResult:
         raise SpecError(
             f"--min-samples={request.min_samples} must be at least 2 (a spread needs two samples)."
         )
+    for flag, seconds in (("--timeout", request.timeout_s), ("--budget", request.budget_s)):
+        if seconds is not None:  # API callers too: 0 must not fall back to the default, nor nan to no limit
+            positive_seconds(seconds, flag)
     clock = request.accounting or TimeAccounting()
     if request.executor == "local":  # the template imports while this process probes, plans and builds
         from bench.run.node import begin_template, template_modules
@@ -201,7 +205,7 @@ def open_run(request: RunRequest, plan: Any, caps: Any) -> tuple[RunStore, RunSe
         progress=progress,
         model_config=plan.model.config
         if plan.model is not None
-        else json.loads((plan.checkpoint / "config.json").read_text()),
+        else read_json(plan.checkpoint / "config.json"),
         quality=request.quality,
         bitsandbytes=(
             caps.host.bitsandbytes_version,

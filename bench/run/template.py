@@ -12,6 +12,10 @@ peft imports bitsandbytes as well, so it is imported only after that.
 
 from __future__ import annotations
 
+# isort: off
+import bench.run.template_io  # first: quiet output and a thread-safe tqdm
+
+# isort: on
 import contextlib
 from collections.abc import Iterator
 

@@ -8,6 +8,10 @@ capability patch) for runs that have such cells.
 
 from __future__ import annotations
 
+# isort: off
+import bench.run.template_io  # noqa: F401  (first: quiet output and a thread-safe tqdm)
+
+# isort: on
 import contextlib
 import importlib
 
