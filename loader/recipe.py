@@ -189,9 +189,9 @@ def _lora(data: Mapping[str, Any]) -> LoraSettings | None:
 def recipe_to_kwargs(recipe: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], RecipeShape]:
     """LoadConfig keyword arguments and the RecipeShape for a recipe, every loading key type-checked."""
     raw = read_recipe(recipe)
-    if "model_name_or_path" not in raw:
-        raise LoadConfigError("recipe has no model_name_or_path; every open-r1 recipe names its model.")
     data = _check_types(raw)
+    if "model_name_or_path" not in data:  # absent, or null
+        raise LoadConfigError("recipe has no model_name_or_path; every open-r1 recipe names its model.")
     if data.get("vision_model"):
         raise LoadConfigError(
             f"recipe sets vision_model: true for {data.get('model_name_or_path')!r}; loadbench measures "

@@ -86,5 +86,11 @@ def test_without_a_matrix_it_skips_with_the_reason(tmp_path) -> None:
 
 def test_benchmarked_metrics_are_the_registrys_sampled_seconds() -> None:
     """pytest-benchmark stores seconds: the plugin feeds every sampled metric in seconds, and only those."""
-    assert pytest_plugin.METRICS == ("prefill.latency_s", "train.step_s", "decode.ttft_s", "decode.tpot_s")
+    assert pytest_plugin.METRICS == (
+        "load.model_s",
+        "prefill.latency_s",
+        "train.step_s",
+        "decode.ttft_s",
+        "decode.tpot_s",
+    )
     assert all(METRICS[m].sampled and METRICS[m].unit == "s" for m in pytest_plugin.METRICS)

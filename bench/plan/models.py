@@ -16,7 +16,6 @@ every cell_id before anything is built.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from bench.plan.checkpoints import (
     list_presets,
     load_preset,
     marker_key,
+    read_json,
 )
 from bench.plan.spec import HUB_TO_PRESET
 from bench.plan.synthetic import WEIGHT_DTYPES, Progress, build, cache_key
@@ -271,12 +271,7 @@ def _native(model_type: Any) -> bool:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SpecError(
-            f"{str(path / 'config.json')!r} cannot be read as JSON ({type(exc).__name__})."
-        ) from None
+    config = read_json(path / "config.json")
     if not isinstance(config, dict):
         raise SpecError(f"{str(path / 'config.json')!r} is not a JSON object.")
     return config

@@ -48,22 +48,30 @@ def worker_environment() -> None:
 # Where the template sends what libraries print on import; bench.run.template_io reads the same name.
 TEMPLATE_LOG_ENV = "LOADBENCH_TEMPLATE_LOG"
 _TEMPLATE_BEGUN: dict[str, float] = {}  # "at": perf_counter() when the template last began starting
+_TEMPLATE_PRELOAD: list[str] = []  # what the running forkserver preloaded ([] while none runs)
 
 
 def begin_template(modules: list[str] | None = None) -> None:
     """Start the forkserver that holds the warm imports, and return at once: it imports while the parent
     probes the host, plans and builds the checkpoint; `start_template` later waits for it. The
-    forkserver is the process's: once running, later runs in this process reuse it (its preload stays
-    what the first run asked for; a cell imports anything else itself). What libraries print while the
-    template imports goes to a temporary log (bench.run.template_io), which start_template copies into
-    the run's logs."""
+    forkserver is the process's: once running, later runs in this process reuse it, unless it is the light
+    one and this run needs the full one (then it is restarted, so k-bit cells never import bitsandbytes
+    inside their timeout). `modules` None: whatever runs, else the full template. What libraries print
+    while the template imports goes to a temporary log (bench.run.template_io), which start_template
+    copies into the run's logs."""
     worker_environment()
+    running = list(_TEMPLATE_PRELOAD)
+    wanted = modules or running or TEMPLATE_MODULES
+    if running and wanted != running and running != TEMPLATE_MODULES:
+        stop_template()
     if not os.environ.get(TEMPLATE_LOG_ENV):
         fd, path = tempfile.mkstemp(prefix="loadbench-template-", suffix=".log")
         os.close(fd)
         os.environ[TEMPLATE_LOG_ENV] = path
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(modules or TEMPLATE_MODULES)
+    if not _TEMPLATE_PRELOAD:
+        ctx.set_forkserver_preload(wanted)
+        _TEMPLATE_PRELOAD[:] = wanted
     _TEMPLATE_BEGUN.setdefault("at", time.perf_counter())
     multiprocessing.forkserver.ensure_running()
 
@@ -119,6 +127,7 @@ def stop_template() -> None:
         with contextlib.suppress(OSError):
             os.unlink(noise)
     _TEMPLATE_BEGUN.clear()
+    _TEMPLATE_PRELOAD.clear()
 
 
 def _fork_check(conn: Any) -> None:
