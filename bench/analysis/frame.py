@@ -160,7 +160,8 @@ def _check_versions(frame: pd.DataFrame, run_dir: Path) -> None:
     """Columns mean different things across record schema versions, so one table cannot mix them."""
     if "schema_version" not in frame.columns:
         return
-    versions = sorted({str(v) for v in frame["schema_version"] if not is_missing(v)})
+    # `missing` rows have no version, which makes the column float: 1.0 is version 1.
+    versions = sorted({_version_text(v) for v in frame["schema_version"] if not is_missing(v)})
     if len(versions) > 1:
         raise ReportError(
             f"{run_dir} mixes records of schema versions {', '.join(versions)}; "
@@ -171,6 +172,10 @@ def _check_versions(frame: pd.DataFrame, run_dir: Path) -> None:
             f"{run_dir} holds records of schema version {versions[0]} but this loadbench reads version "
             f"{SCHEMA_VERSION}; render it with the loadbench version that wrote it."
         )
+
+
+def _version_text(value: Any) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def _normalise(frame: pd.DataFrame) -> pd.DataFrame:

@@ -221,22 +221,18 @@ def test_sigkill_of_the_runner_leaves_missing_cells_that_report_lists_and_resume
 
 
 def test_a_run_ending_with_missing_cells_says_so_and_exits_3(model: Path, tmp_path: Path, capsys) -> None:
+    from bench.cli import build_parser
+    from bench.commands.plan import load_spec
     from bench.plan.capabilities import probe_cached
-    from bench.plan.matrix import MatrixSpec, Shape
     from bench.plan.planning import make_plan
     from bench.run.session import StageResult, print_summary
 
     out = tmp_path / "run"
     code, text, _ = run(run_args(model, out, "--dtype", "float32"))
     assert code == 0, text[-2000:]
-    spec = MatrixSpec(
-        model=str(model),
-        dtype=("float32", "bfloat16"),
-        attn=("eager", "sdpa"),
-        workloads=("prefill",),
-        shape=Shape(1, 16, 2),
-    )
-    cells = make_plan(spec, probe_cached().host).cells  # two of these four cells never ran here
+    # The same matrix with both dtypes, read as the CLI reads it: two of its four cells never ran here.
+    args = build_parser().parse_args(run_args(model, out)[3:])
+    cells = make_plan(load_spec(args), probe_cached().host).cells
     missing = print_summary(RunStore.open(out), cells, "")
     printed = capsys.readouterr().out
     assert len(missing) == 2 and "2 planned cell(s) have no final record (missing)" in printed
