@@ -100,7 +100,7 @@ def start_template(log: Path | None = None) -> tuple[Any, float, str]:
     proc.join()
     elapsed = time.perf_counter() - _TEMPLATE_BEGUN.pop("at", time.perf_counter())
     noise = os.environ.get(TEMPLATE_LOG_ENV)
-    if log is not None and noise and os.path.getsize(noise) > 0:
+    if log is not None and noise and os.path.exists(noise):
         log.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(noise, log)
     if bad_fork:
