@@ -105,7 +105,9 @@ def test_train_mode_lora_trains_far_fewer_parameters(tiny_llama: Path, tmp_path:
     spec = MatrixSpec(
         model=str(tiny_llama), quant=("none", "nf4"), workloads=("train",), train_mode=("full", "lora")
     )
-    out = run_stage(RunRequest(spec=spec, out=tmp_path / "run", budget_s=0.2, min_samples=2, live=False)).directory
+    out = run_stage(
+        RunRequest(spec=spec, out=tmp_path / "run", budget_s=0.2, min_samples=2, live=False)
+    ).directory
     records = _records(out)
     statuses = sorted(r["status"] for r in records.values())
     assert statuses == ["ok", "ok", "ok", "skipped"]
@@ -131,7 +133,9 @@ def test_find_max_batch_under_rlimit(tiny_llama: Path, tmp_path: Path) -> None:
         max_batch=64,
         vram_limit_bytes=1 << 30,
     ).with_overrides(seq=256)
-    out = run_stage(RunRequest(spec=spec, out=tmp_path / "run", budget_s=0.2, min_samples=2, live=False)).directory
+    out = run_stage(
+        RunRequest(spec=spec, out=tmp_path / "run", budget_s=0.2, min_samples=2, live=False)
+    ).directory
     records = _records(out)
     off = records["bfloat16/none/sdpa/no-ckpt/cache-auto"]
     on = records["bfloat16/none/sdpa/ckpt/cache-auto"]
