@@ -136,5 +136,9 @@ def test_recipe_yaml_is_safe_loaded(tmp_path) -> None:
 
 def test_trust_remote_code_never_implied(recipes_dir) -> None:
     for recipe in recipes_dir.glob("*.yaml"):
+        if "vision_model: true" in recipe.read_text():  # refused outright: not a causal LM
+            with pytest.raises(LoadConfigError, match="vision-language"):
+                LoadConfig.from_recipe(recipe)
+            continue
         assert LoadConfig.from_recipe(recipe).trust_remote_code is False
     assert LoadConfig("m").trust_remote_code is False
