@@ -137,8 +137,8 @@ def test_find_max_batch_under_rlimit(tiny_llama: Path, tmp_path: Path) -> None:
         RunRequest(spec=spec, out=tmp_path / "run", budget_s=0.2, min_samples=2, live=False)
     ).directory
     records = _records(out)
-    off = records["bfloat16/none/sdpa/no-ckpt/cache-auto"]
-    on = records["bfloat16/none/sdpa/ckpt/cache-auto"]
+    off = records["float32/none/sdpa/no-ckpt/cache-auto"]
+    on = records["float32/none/sdpa/ckpt/cache-auto"]
     for r in (off, on):
         assert r["status"] == "ok", r.get("reason")
         assert r["max.probes"] <= 10 and r["max.estimate"] is not None

@@ -72,11 +72,21 @@ def _check_ours(directory: Path) -> None:
     if directory.exists() and not directory.is_dir():
         raise StoreError(f"{directory} exists and is not a directory; choose another --out.")
     try:
-        foreign = directory.is_dir() and not (directory / RUN_FILE).exists() and any(directory.iterdir())
+        foreign = (
+            directory.is_dir()
+            and not (directory / RUN_FILE).exists()
+            and any(not _in_flight(p.name) for p in directory.iterdir())
+        )
     except OSError as exc:
         raise StoreError(f"cannot list {directory} ({exc.strerror or exc}); choose another --out.") from exc
     if foreign:
         raise StoreError(f"{directory} holds files that are not a loadbench run; choose another --out.")
+
+
+def _in_flight(name: str) -> bool:
+    """A file another runner of this store is creating right now (its lock, its write probe, run.json's
+    temporary): a directory holding only these is a run being created, not someone else's files."""
+    return name == LOCK_FILE or name.startswith((".write-probe-", f".{RUN_FILE}."))
 
 
 def _probe_writable(directory: Path) -> None:
