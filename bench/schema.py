@@ -167,6 +167,10 @@ _FIXED: tuple[Metric, ...] = (
 # blocks: how many time-separated blocks the samples were taken in; stop: why sampling stopped.
 SAMPLE_SUFFIXES = ("p10", "p90", "iqr", "n", "noisy", "samples", "ci_low", "ci_high", "blocks", "stop")
 CI_LEVEL = 0.95
+# The fewest samples a run takes of each timed metric (`--min-samples`, whatever the budget): with 5 against 5
+# the smallest two-sided Mann-Whitney p is 2/252, which no metric reaches among the ~190 a default comparison
+# tests, so compare could flag a single metric only from 10 (2/184756); scripts/compare_power.py shows it.
+MIN_SAMPLES = 10
 # `<metric>.stop`: "settled" (the median's interval is narrow and the block medians agree), "max_n" (the
 # sample cap came first), "budget" (the time budget ran out before it settled: the interval is the honest
 # width, do not read the median alone), "fixed" (a caller asked for exactly n samples).

@@ -14,6 +14,7 @@ from typing import Any
 
 from bench.commands.plan import add_spec_args, load_spec
 from bench.errors import EXIT_BAD_INPUT
+from bench.schema import MIN_SAMPLES
 from bench.units import argtype, positive_int, positive_seconds, shard
 
 
@@ -44,8 +45,8 @@ def register(sub: Any) -> None:
     run.add_argument(
         "--min-samples",
         type=argtype(min_samples, "--min-samples"),
-        default=5,
-        help="samples per timed metric, at least (default 5, at least 2)",
+        default=MIN_SAMPLES,
+        help=f"samples per timed metric, at least (default {MIN_SAMPLES}, at least 2)",
     )
     run.add_argument("--no-live", action="store_true", help="plain progress lines even on a terminal")
     run.add_argument(

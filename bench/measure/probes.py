@@ -22,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from bench.schema import CI_LEVEL
+from bench.schema import CI_LEVEL, MIN_SAMPLES
 
 NOISY_REL_IQR = 0.10
 
@@ -129,7 +129,7 @@ class Budget:
     """How long to keep sampling one metric: at least min_n samples over min_seconds in `blocks` blocks,
     at most max_n samples or `seconds` of sampling (the floor min_n wins over `seconds`)."""
 
-    min_n: int = 5
+    min_n: int = MIN_SAMPLES
     max_n: int = 50
     seconds: float = 2.0
     target_rel_ci: float = 0.05

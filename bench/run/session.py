@@ -29,7 +29,7 @@ from bench.run.progress import Progress, make_progress
 from bench.run.records import is_final
 from bench.run.store import RunStore, select_shard
 from bench.run.weights import materialize_visibly
-from bench.schema import MISSING_STATUS, TIME_ACCOUNTING_KEY
+from bench.schema import MIN_SAMPLES, MISSING_STATUS, TIME_ACCOUNTING_KEY
 from bench.units import positive_seconds
 
 
@@ -41,7 +41,7 @@ class RunRequest:
     shard: str | None = None
     timeout_s: float | None = None
     budget_s: float | None = None
-    min_samples: int = 5
+    min_samples: int = MIN_SAMPLES
     live: bool | None = None
     executor: str = "local"  # or "ray"
     address: str | None = None  # Ray cluster address (None: start a local one)

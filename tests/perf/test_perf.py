@@ -22,6 +22,7 @@ from bench.plan.matrix import MatrixSpec, Shape
 from bench.run.runner import _fork_check, start_template
 from bench.run.session import RunRequest, run_matrix
 from bench.run.store import RunStore
+from bench.schema import MIN_SAMPLES
 from loader import LoadConfig, get_model
 
 pytestmark = pytest.mark.perf
@@ -179,7 +180,7 @@ def test_four_cells_full_workloads_under_20s(benchmark, tiny_llama, tmp_path) ->
     records = RunStore.open(out).records()
     assert {r["status"] for r in records} == {"ok"} and len(records) == 4
     assert all(
-        r[f"{m}.n"] >= 5 for r in records for m in ("prefill.latency_s", "train.step_s", "decode.ttft_s")
+        r[f"{m}.n"] >= MIN_SAMPLES for r in records for m in ("prefill.latency_s", "train.step_s", "decode.ttft_s")
     )
     assert benchmark.stats.stats.median <= 20.0
 
