@@ -180,7 +180,9 @@ def test_four_cells_full_workloads_under_20s(benchmark, tiny_llama, tmp_path) ->
     records = RunStore.open(out).records()
     assert {r["status"] for r in records} == {"ok"} and len(records) == 4
     assert all(
-        r[f"{m}.n"] >= MIN_SAMPLES for r in records for m in ("prefill.latency_s", "train.step_s", "decode.ttft_s")
+        r[f"{m}.n"] >= MIN_SAMPLES
+        for r in records
+        for m in ("prefill.latency_s", "train.step_s", "decode.ttft_s")
     )
     assert benchmark.stats.stats.median <= 20.0
 
