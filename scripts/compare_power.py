@@ -9,17 +9,19 @@ row. Per row it counts, over many independent pairs of runs:
   - whole run 33 % slower: every timed metric 33 % slower, compare exits 1.
 With --run DIR the noise and sample counts are those each metric had in that real run.
 
-Real runs: `--real BASE NEW` compares two real run directories (A/A, expected exit 0), then BASE against a
-doctored copy of NEW 33 % slower in every timed metric (samples scaled; expected exit 1) and against a copy
-with one cell's metric 20 % slower. `slowed_copy` builds those copies (tests/test_compare_power.py uses it).
+Real runs: `--real RUN RUN [RUN ...]` (two or more real runs of one configuration), for every pair: the
+A/A comparison (expected exit 0; how many timed metrics it calls changed), NEW 33 % slower in every timed
+metric (samples scaled; expected exit 1), and each (cell, timed metric) of NEW 20 % slower on its own
+(how many of those compare flags). `slowed_copy` writes such a copy to disk (tests use it).
 
     python scripts/compare_power.py                              # the simulation table
-    python scripts/compare_power.py --real runs/A runs/B         # plus the real-run rows
+    python scripts/compare_power.py --real runs/A runs/B runs/C  # plus the real-run rows
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import sys
@@ -29,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.analysis.compare import RunData, compare, compare_runs
+from bench.analysis.compare import RunData, compare_runs
 from bench.analysis.compare.judging import gc_paused
 from bench.schema import METRICS
 
@@ -118,6 +120,26 @@ def shape_of_run(directory: str) -> list[dict[str, tuple[int, float]]]:
     return shape
 
 
+def slow_record(record: dict[str, Any], slower: float, metrics: Iterable[str] = ()) -> dict[str, Any]:
+    """A copy of one record with its timed metrics (or only `metrics`) `slower` times slower: the median,
+    its spread columns and every sample."""
+    out = dict(record)
+    chosen = set(metrics)
+    suffixes = ("", ".p10", ".p90", ".iqr", ".ci_low", ".ci_high")
+    for name, entry in METRICS.items():
+        if entry.unit not in ("s", "tokens/s") or (chosen and name not in chosen):
+            continue
+        factor = _factor(name, slower)
+        for key in (name + suffix for suffix in suffixes):
+            if isinstance(out.get(key), (int, float)) and not isinstance(out.get(key), bool):
+                out[key] = out[key] * factor
+        if isinstance(out.get(f"{name}.samples"), list):
+            out[f"{name}.samples"] = [
+                s * factor if isinstance(s, (int, float)) else s for s in out[f"{name}.samples"]
+            ]
+    return out
+
+
 def slowed_copy(
     source: str | Path, target: str | Path, slower: float, only: Iterable[tuple[str, str]] = ()
 ) -> Path:
@@ -129,43 +151,61 @@ def slowed_copy(
     shutil.copytree(
         source, target, ignore=shutil.ignore_patterns("*.lock", "claims", "report.*", "records.*")
     )
-    chosen = set(only)
-    suffixes = ("", ".p10", ".p90", ".iqr", ".ci_low", ".ci_high")
+    chosen: dict[str, set[str]] = {}
+    for cell_id, metric in only:
+        chosen.setdefault(cell_id, set()).add(metric)
     with (source / "records.jsonl").open() as src, (target / "records.jsonl").open("w") as dst:
         for line in src:
             record = json.loads(line)
-            for name, entry in METRICS.items():
-                if entry.unit not in ("s", "tokens/s") or (
-                    chosen and (record.get("cell_id"), name) not in chosen
-                ):
-                    continue
-                factor = _factor(name, slower)
-                for key in (name + suffix for suffix in suffixes):
-                    if isinstance(record.get(key), (int, float)) and not isinstance(record.get(key), bool):
-                        record[key] = record[key] * factor
-                if isinstance(record.get(f"{name}.samples"), list):
-                    record[f"{name}.samples"] = [
-                        s * factor if isinstance(s, (int, float)) else s for s in record[f"{name}.samples"]
-                    ]
+            if not chosen:
+                record = slow_record(record, slower)
+            elif record.get("cell_id") in chosen:
+                record = slow_record(record, slower, chosen[record["cell_id"]])
             dst.write(json.dumps(record) + "\n")
     return target
 
 
-def real_rows(base: str, new: str, scratch: Path) -> list[tuple[str, int, str]]:
-    """(what, exit code, summary) of BASE vs NEW, vs NEW 33 % slower, vs one metric of one cell 20 % slower."""
-    rows = []
-    a_a = compare(base, new)
-    rows.append(("A/A: two runs of the same configuration", a_a.exit_code, _summary(a_a)))
-    slow = slowed_copy(new, scratch / "slow33", 1.33)
-    whole = compare(base, slow)
-    rows.append(("NEW 33 % slower in every timed metric", whole.exit_code, _summary(whole)))
-    judged = sorted((r for r in a_a.results if r.p is not None), key=lambda r: r.needed or 1.0)
-    if judged:
-        pick = judged[0]  # the quietest judged metric: a 20 % change there is within what compare can see
-        one = compare(base, slowed_copy(new, scratch / "slow20", 1.20, [(pick.new_cell_id, pick.metric)]))
-        hit = any(r.new_cell_id == pick.new_cell_id and r.metric == pick.metric for r in one.of("regression"))
-        what = f"one metric ({pick.metric} of {pick.cell}) 20 % slower: {'caught' if hit else 'missed'}"
-        rows.append((what, one.exit_code, _summary(one)))
+def real_pair(base: RunData, new: RunData) -> dict[str, Any]:
+    """One pair of real runs of the same configuration: the A/A verdicts, NEW 33 % slower everywhere, and
+    each (cell, timed metric) of NEW 20 % slower on its own (is that very metric flagged?)."""
+    a_a = compare_runs(base, new)
+    timed = [r for r in a_a.results if r.p is not None]
+    slow = RunData.from_records(new.meta, [slow_record(r, 1.33) for r in new.records.values()])
+    caught = 0
+    for r in timed:
+        records = dict(new.records)
+        records[r.new_cell_id] = slow_record(records[r.new_cell_id], 1.20, [r.metric])
+        one = compare_runs(base, RunData.from_records(new.meta, records.values()))
+        caught += any(  # what the gate reads: the normalised column when the drift confounds
+            x.new_cell_id == r.new_cell_id and x.metric == r.metric for x in one.gate_regressions
+        )
+    return {
+        "a_a_exit": a_a.exit_code,
+        "false_verdicts": sum(r.verdict in ("regression", "improvement") for r in timed),
+        "tested": len(timed),
+        "whole_33_exit": compare_runs(base, slow).exit_code,
+        "one_20_caught": caught,
+        "drift": a_a.drift.ratio if a_a.drift is not None else None,
+    }
+
+
+def real_table(directories: list[str]) -> list[str]:
+    """Markdown rows: every pair of the given real runs (all of one configuration)."""
+    runs = [RunData.load(d) for d in directories]
+    rows = [
+        "| BASE → NEW | machine-speed ratio | A/A exit | timed metrics called changed (A/A) | "
+        "whole run 33 % slower: exit | one metric of one cell 20 % slower: caught |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for i, j in itertools.combinations(range(len(runs)), 2):
+        r = real_pair(runs[i], runs[j])
+        drift = "not measured" if r["drift"] is None else f"{r['drift']:.3f}"
+        rows.append(
+            f"| {Path(directories[i]).name} → {Path(directories[j]).name} | {drift} | {r['a_a_exit']} | "
+            f"{r['false_verdicts']} of {r['tested']} ({r['false_verdicts'] / max(1, r['tested']):.1%}) | "
+            f"{r['whole_33_exit']} | {r['one_20_caught']} of {r['tested']} "
+            f"({r['one_20_caught'] / max(1, r['tested']):.0%}) |"
+        )
     return rows
 
 
@@ -189,8 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--iqr", type=float, nargs="+", default=[0.05, 0.10, 0.15], help="relative IQRs")
     parser.add_argument("--run", action="append", default=[], help="simulate with a real run's n and noise")
-    parser.add_argument("--real", nargs=2, metavar=("BASE", "NEW"), help="two real runs of one configuration")
-    parser.add_argument("--scratch", default="/tmp/compare_power", help="where doctored copies are written")
+    parser.add_argument(
+        "--real", nargs="+", default=[], metavar="RUN", help="two or more real runs of one configuration"
+    )
     parser.add_argument("--seed", type=int, default=13)
     args = parser.parse_args(argv)
 
@@ -211,13 +252,11 @@ def main(argv: list[str] | None = None) -> int:
             f"| as in `{directory}` (n {min(ns)}-{max(ns)}, median {int(np.median(ns))}) | "
             f"median {np.median(iqrs):.0%}, max {max(iqrs):.0%} | {fa:.1%} | {one:.1%} | {whole:.1%} | {args.trials} |"
         )
+    if len(args.real) == 1:
+        parser.error("--real needs at least two run directories of the same configuration")
     if args.real:
-        scratch = Path(args.scratch)
-        if scratch.exists():
-            shutil.rmtree(scratch)
-        print("\n| real runs | exit | verdicts |\n|---|---:|---|")
-        for what, code, summary in real_rows(args.real[0], args.real[1], scratch):
-            print(f"| {what} | {code} | {summary} |")
+        print()
+        print("\n".join(real_table(args.real)))
     return 0
 
 

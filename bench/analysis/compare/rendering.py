@@ -12,7 +12,7 @@ from dataclasses import asdict, fields
 from operator import attrgetter
 from typing import Any
 
-from bench.analysis.compare.judging import MEM_ABS_FLOOR_BYTES, MIN_N
+from bench.analysis.compare.judging import MEM_ABS_FLOOR_BYTES, MIN_N, SPREAD_MIN_CELLS
 from bench.analysis.compare.results import Comparison, MetricResult, StatusChange
 from bench.errors import EXIT_BAD_INPUT
 from bench.schema import METRICS, is_memory
@@ -75,6 +75,8 @@ def _fmt_evidence(r: MetricResult) -> str:
     if r.p is None:
         return f"n={r.n_base}/{r.n_new}"
     needed = f", needs ±{r.needed:.0%}" if r.needed is not None else ""
+    if r.spread_needed is not None:
+        needed += f" and ±{r.spread_needed:.0%} (run-to-run spread)"
     return f"p={r.p:.2g}, q={r.q:.2g}, n={r.n_base}/{r.n_new}{needed}"
 
 
@@ -187,8 +189,10 @@ def _markdown(c: Comparison, limit: int) -> str:
     out.append(
         f"<sub>A metric is a regression or improvement only if a Mann-Whitney U test on its samples "
         f"(Benjamini-Hochberg over {c.tests} tested metrics, q ≤ {c.alpha:g}) and a median change of at "
-        f"least max({c.min_effect:.0%}, the metric's IQR/median in either run) both say so: noise raises the "
-        f"change needed, it does not drop the metric; metrics with n < {MIN_N} are not judged; memory is a "
+        f"least max({c.min_effect:.0%}, the metric's IQR/median in either run) both say so, and the change exceeds "
+        f"z robust spreads of the same metric's changes across the matched cells (how far one cell moves "
+        f"between runs of the same code; z for q over the family, when ≥ {SPREAD_MIN_CELLS} cells have the "
+        f"metric): noise raises the change needed, it does not drop the metric; metrics with n < {MIN_N} are not judged; memory is a "
         f"single value judged by the {c.min_effect:.0%} minimum effect (and ≥ 1 MiB) only.</sub>"
     )
     return "\n".join(out) + "\n"
@@ -235,7 +239,8 @@ def to_dict(c: Comparison) -> dict[str, Any]:
             "test": "mann-whitney-u",
             "correction": "benjamini-hochberg",
             "min_n": MIN_N,
-            "effect_needed": "max(min_effect, relative IQR of BASE, relative IQR of NEW)",
+            "effect_needed": "max(min_effect, relative IQR of BASE, relative IQR of NEW), and |log change| "
+            "above z x the metric's robust run-to-run spread across cells (z = Phi^-1(1 - alpha / (2 tests)))",
             "memory_abs_floor_bytes": MEM_ABS_FLOOR_BYTES,
         },
         "machine_drift": {

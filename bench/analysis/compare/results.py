@@ -32,6 +32,9 @@ class MetricResult:
     verdict: str = "not judged"  # regression, improvement, no change, not judged
     reason: str | None = None
     needed: float | None = None  # the median change this metric had to show: max(min effect, relative IQR)
+    spread_needed: float | None = (
+        None  # ... and beyond the metric's run-to-run spread (z spreads), when known
+    )
     normalised_change: float | None = None  # with NEW rescaled by the machine-speed ratio (confounded runs)
     normalised_verdict: str | None = None
 
