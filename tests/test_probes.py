@@ -403,3 +403,27 @@ def test_torch_columns_are_null_on_the_cpu() -> None:
         assert col in out
         assert out[col] is None
         assert "GPU" in out[f"{col}.reason"]
+
+
+def test_trim_heap_returns_freed_heap_memory_so_a_phase_peak_starts_from_the_floor() -> None:
+    import ctypes
+
+    from bench.measure.probes import current_rss_bytes, trim_heap
+
+    try:
+        ctypes.CDLL(None).malloc_trim  # noqa: B018
+    except AttributeError:
+        pytest.skip("not glibc: there is no malloc_trim to call")
+    # ~128 MiB in the C heap, each chunk followed by a small block that stays: freed, the chunks leave holes
+    # glibc keeps resident (only the heap's top shrinks by itself), as a phase's freed tensors do.
+    chunks, pins = [], []
+    for _ in range(2000):
+        chunks.append(bytes(64 * 1024))
+        pins.append(bytearray(1000))
+    del chunks
+    before = current_rss_bytes()
+    trim_heap()
+    after = current_rss_bytes()
+    assert before is not None and after is not None
+    assert before - after > 64 * 2**20, (before, after)
+    assert len(pins) == 2000
