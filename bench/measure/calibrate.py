@@ -88,7 +88,7 @@ def _cpu_drift() -> dict[str, Any]:
     b = torch.randn(DRIFT_CPU_N, DRIFT_CPU_N, generator=gen)
     flops = 2 * DRIFT_CPU_N**3
     stats = measure(
-        lambda: torch.mm(a, b), Budget(min_n=10, max_n=300, seconds=1.0, min_seconds=0.3, warmup=2)
+        lambda: torch.mm(a, b), Budget(min_n=10, max_n=300, seconds=0.5, min_seconds=0.3, warmup=2)
     )
     return {
         "probe": "cpu-matmul-fp32-1t",
