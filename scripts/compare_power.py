@@ -179,7 +179,11 @@ def real_pair(base: RunData, new: RunData) -> dict[str, Any]:
         caught += any(  # what the gate reads: the normalised column when the drift confounds
             x.new_cell_id == r.new_cell_id and x.metric == r.metric for x in one.gate_regressions
         )
+    memory = [abs(r.change) for r in a_a.results if r.kind == "single value" and r.change is not None]
     return {
+        "memory_max_change": max(memory, default=0.0),
+        "memory_over_2pct": sum(c > 0.02 for c in memory),
+        "memory": len(memory),
         "a_a_exit": a_a.exit_code,
         "false_verdicts": sum(r.verdict in ("regression", "improvement") for r in timed),
         "tested": len(timed),
@@ -194,8 +198,8 @@ def real_table(directories: list[str]) -> list[str]:
     runs = [RunData.load(d) for d in directories]
     rows = [
         "| BASE → NEW | machine-speed ratio | A/A exit | timed metrics called changed (A/A) | "
-        "whole run 33 % slower: exit | one metric of one cell 20 % slower: caught |",
-        "|---|---:|---:|---:|---:|---:|",
+        "whole run 33 % slower: exit | one metric of one cell 20 % slower: caught | memory peaks (A/A) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for i, j in itertools.combinations(range(len(runs)), 2):
         r = real_pair(runs[i], runs[j])
@@ -204,7 +208,8 @@ def real_table(directories: list[str]) -> list[str]:
             f"| {Path(directories[i]).name} → {Path(directories[j]).name} | {drift} | {r['a_a_exit']} | "
             f"{r['false_verdicts']} of {r['tested']} ({r['false_verdicts'] / max(1, r['tested']):.1%}) | "
             f"{r['whole_33_exit']} | {r['one_20_caught']} of {r['tested']} "
-            f"({r['one_20_caught'] / max(1, r['tested']):.0%}) |"
+            f"({r['one_20_caught'] / max(1, r['tested']):.0%}) | {r['memory_over_2pct']} of {r['memory']} "
+            f"differ > 2 % (max {r['memory_max_change']:.1%}) |"
         )
     return rows
 
