@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.measure.reference_file import REFERENCE, cached_reference
 from bench.measure.sampler import NvmlSampler, handle_for, import_nvml
 from bench.plan.checkpoints import cache_root
 from bench.plan.models import materialize, resolve
@@ -206,18 +207,18 @@ def prepare_quality_reference(
 ) -> dict[str, Any]:
     """Find or compute the quality reference, saying what it does and how long it took, within
     `timeout_s` (a cell's timeout); {"path", ...} or {"reason"} (then every cell's quality.reason)."""
-    from bench.measure.quality import REFERENCE
-
     device = "cpu" if lane is None else "cuda"
     path = quality_reference_path(fingerprint, device)
     path.parent.mkdir(parents=True, exist_ok=True)
     knobs = REFERENCE[device]
-    what = "checking the cached" if path.is_file() else "computing the"
-    say(
-        f"quality reference: {what} {knobs['dtype']}/{knobs['quant']}/{knobs['attn']} reference of "
-        f"{checkpoint.name} on {device} (up to {timeout_s:g} s; --no-quality skips it)"
-    )
+    name = f"{knobs['dtype']}/{knobs['quant']}/{knobs['attn']} reference of {checkpoint.name} on {device}"
     start = time.perf_counter()
+    cached = cached_reference(checkpoint, device, path)  # read here: no worker, no torch in this process
+    if cached is not None:
+        say(f"quality reference: the cached {name} is ready ({time.perf_counter() - start:.1f} s)")
+        return cached
+    what = "checking the cached" if path.is_file() else "computing the"
+    say(f"quality reference: {what} {name} (up to {timeout_s:g} s; --no-quality skips it)")
     reference = run_quality_reference(ctx, checkpoint, lane, path, log, timeout_s)
     elapsed = time.perf_counter() - start
     if "path" in reference:
