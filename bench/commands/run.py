@@ -67,14 +67,13 @@ def register(sub: Any) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """Run the matrix the arguments name, then render its report; the exit code."""
     from bench.run.accounting import TimeAccounting
-
-    clock = TimeAccounting()  # first: the interpreter's start-up is the run's too
     from bench.run.node import begin_template, stop_template, template_modules
 
     spec = load_spec(args)  # --vram-limit included
     try:
         if args.executor == "local":  # as early as its modules are known: it imports while this process works
             begin_template(template_modules(spec.quant))
+        clock = TimeAccounting()  # its clock starts at the process's start: all of the above is `startup`
         report_imports = threading.Thread(target=_import_report, name="report-imports", daemon=True)
         report_imports.start()  # while the template starts; joined before the first cell
         result = _run_stage(args, spec, clock, report_imports.join)
