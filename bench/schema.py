@@ -192,13 +192,14 @@ DRIFT_POINTS = ("start", "end")
 # the parent probes and plans) count only the time the parent waited for them.
 TIME_ACCOUNTING_KEY = "time_accounting"
 TIME_STAGES = (
-    "startup",  # process start to the run command (interpreter, CLI imports, spec)
+    "startup",  # process start to the run command's clock (interpreter, CLI imports, spec, template begun)
     "probe",  # host capabilities
     "checkpoint",  # resolve (or build) the checkpoint, expand the plan
     "store",  # create the run directory, skipped records
     "template",  # waiting for the warm template to be ready
     "quality_reference",
     "calibration",
+    "drift",  # the machine-speed probe (run.json["drift"]) before the first cell and after the last
     "cells",  # dispatch of the first cell to the last record
     "summary",
     "report",

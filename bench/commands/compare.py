@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.analysis.compare import compare, render, render_error, summary_line
-from bench.analysis.compare.judging import gc_paused
 from bench.errors import EXIT_BAD_INPUT, StoreError
 from bench.fileio import atomic_write_text
 from bench.run import store
@@ -71,6 +69,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_compare(args: argparse.Namespace) -> int:
     """The `compare` subcommand: 0 no significant regression, 1 a regression, 2 bad input."""
+    # imported here, not at the top: every `loadbench` command imports this module to build its parser
+    from bench.analysis.compare import compare, render, render_error, summary_line
+    from bench.analysis.compare.judging import gc_paused
+
     if args.out and Path(args.out).is_dir():  # checked first: a report must not replace a directory
         print(f"loadbench compare: --out {args.out!r} is a directory; give a file path.", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -10,7 +10,6 @@ import sys
 from typing import Any
 
 from bench.errors import EXIT_OK
-from bench.plan.estimate_table import arch_for, estimate_table
 from bench.units import argtype, parse_size, positive_int
 
 __all__ = ["register", "run"]
@@ -58,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     """Print the table (fit column in red/yellow when --vram is given); bad input raises and bench.cli exits 2."""
     from rich.console import Console
     from rich.table import Table
+
+    from bench.plan.estimate_table import arch_for, estimate_table  # here: every command imports this module
 
     header, rows, title = estimate_table(args)
     table = Table(title=title)

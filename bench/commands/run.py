@@ -68,33 +68,16 @@ def register(sub: Any) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """Run the matrix the arguments name, then render its report; the exit code."""
     from bench.run.accounting import TimeAccounting
-
-    clock = TimeAccounting()  # first: the interpreter's start-up is the run's too
-    report_imports = threading.Thread(target=_import_report, name="report-imports", daemon=True)
-    report_imports.start()  # while the template starts; joined before the first cell
-    from bench.run.node import stop_template
-    from bench.run.session import RunRequest, run_stage
+    from bench.run.node import begin_template, stop_template, template_modules
 
     spec = load_spec(args)  # --vram-limit included
-    request = RunRequest(
-        spec=spec,
-        out=Path(args.out) if args.out else None,
-        resume=args.resume,
-        shard=args.shard,
-        timeout_s=args.timeout,
-        budget_s=args.budget,
-        min_samples=args.min_samples,
-        live=False if args.no_live else None,
-        executor=args.executor,
-        address=args.address,
-        fit_check=args.fit_check,
-        quality=args.quality,
-        online=args.online,
-        accounting=clock,
-        before_cells=report_imports.join,
-    )
     try:
-        result = run_stage(request)
+        if args.executor == "local":  # as early as its modules are known: it imports while this process works
+            begin_template(template_modules(spec.quant))
+        clock = TimeAccounting()  # its clock starts at the process's start: all of the above is `startup`
+        report_imports = threading.Thread(target=_import_report, name="report-imports", daemon=True)
+        report_imports.start()  # while the template starts; joined before the first cell
+        result = _run_stage(args, spec, clock, report_imports.join)
     finally:  # no process of the run outlives the command: the forkserver and the resource tracker
         stop_template()
     try:
@@ -116,6 +99,30 @@ def run_command(args: argparse.Namespace) -> int:
         f"(harness share {books['harness_share']:.0%})"
     )
     return result.exit_code
+
+
+def _run_stage(args: argparse.Namespace, spec: Any, clock: Any, before_cells: Any) -> Any:
+    """The run stage (bench.run.session) of the arguments' request; its StageResult."""
+    from bench.run.session import RunRequest, run_stage
+
+    request = RunRequest(
+        spec=spec,
+        out=Path(args.out) if args.out else None,
+        resume=args.resume,
+        shard=args.shard,
+        timeout_s=args.timeout,
+        budget_s=args.budget,
+        min_samples=args.min_samples,
+        live=False if args.no_live else None,
+        executor=args.executor,
+        address=args.address,
+        fit_check=args.fit_check,
+        quality=args.quality,
+        online=args.online,
+        accounting=clock,
+        before_cells=before_cells,
+    )
+    return run_stage(request)
 
 
 def _import_report() -> None:

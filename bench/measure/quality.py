@@ -40,6 +40,9 @@ from typing import Any, NamedTuple
 
 import torch
 
+# The reference's knobs and file format live in a torch-free module: the run's parent reads them too.
+from bench.measure.reference_file import DEFAULT_MAX_TOKENS, FORMAT_VERSION, META_KEY, REFERENCE, wanted_meta
+
 __all__ = [
     "EVAL_TEXT",
     "NOTE_REAL",
@@ -64,12 +67,6 @@ __all__ = [
 EVAL_TEXT = Path(__file__).resolve().parents[1] / "data" / "eval.txt"
 NOTE_SYNTHETIC = "synthetic weights: numeric divergence, not task accuracy"
 NOTE_REAL = "real weights: the cell's divergence from the reference cell on the evaluation text"
-FORMAT_VERSION = 1
-# Reference knobs per device type; change here (or pass `override`) to compare against another cell.
-REFERENCE: dict[str, dict[str, Any]] = {
-    "cpu": {"dtype": "float32", "quant": "none", "attn": "eager"},
-    "cuda": {"dtype": "bfloat16", "quant": "none", "attn": "sdpa"},
-}
 DEFAULT_CHUNK = 512
 
 
@@ -216,7 +213,7 @@ def save_reference(
         if ids.shape != (lp.shape[0],):
             raise ValueError(f"ids has shape {tuple(ids.shape)}, expected ({lp.shape[0]},).")
         tensors["ids"] = ids.detach().to("cpu", torch.long).contiguous()
-    header = {"loadbench.quality": json.dumps({"format": FORMAT_VERSION, **meta}, default=str)}
+    header = {META_KEY: json.dumps({"format": FORMAT_VERSION, **meta}, default=str)}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
@@ -232,7 +229,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        raw = (f.metadata() or {}).get("loadbench.quality")
+        raw = (f.metadata() or {}).get(META_KEY)
     if raw is None:
         raise ValueError(f"{str(path)!r} is not a loadbench quality reference (no metadata).")
     return json.loads(raw)
@@ -339,7 +336,7 @@ def compute_reference(
     device: str,
     path: str | Path,
     *,
-    max_tokens: int = 2048,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
     chunk: int = DEFAULT_CHUNK,
     override: Mapping[str, Any] | None = None,
 ) -> Path:
@@ -356,7 +353,7 @@ def compute_reference(
     path = Path(path)
     knobs = reference_config(device, override)
     fingerprint = checkpoint_fingerprint(checkpoint)
-    want = {"fingerprint": fingerprint, "knobs": knobs, "max_tokens": max_tokens}
+    want = wanted_meta(fingerprint, knobs, max_tokens)
     if path.is_file():
         try:
             meta = _read_meta(path)
@@ -485,7 +482,7 @@ def reference_task(task: Mapping[str, Any]) -> dict[str, Any]:
             task["checkpoint_path"],
             task.get("device", "cpu"),
             task["path"],
-            max_tokens=int(task.get("max_tokens", 2048)),
+            max_tokens=int(task.get("max_tokens", DEFAULT_MAX_TOKENS)),
             chunk=int(task.get("chunk", DEFAULT_CHUNK)),
             override=task.get("override"),
         )

@@ -8,6 +8,7 @@ The Ray executor (bench.run.ray_executor) implements the same protocol.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -68,6 +69,7 @@ class LocalExecutor:
         self.ctx: Any = None
         self.drift_start: dict[str, Any] | None = None
         self.waited_s: dict[str, float] = {}  # start's time per stage (bench.schema.TIME_STAGES)
+        self.closed_s: dict[str, float] = {}  # close's
 
     def start(self) -> None:
         store, plan = self.settings.store, self.settings.plan
@@ -105,7 +107,9 @@ class LocalExecutor:
         self.runner = Runner(store, plan.checkpoint, options, self.settings.progress, node.ctx)
         # The machine-speed probe just before the first cell, and again after the last (close).
         self.ctx = node.ctx
+        probed = time.perf_counter()
         self.drift_start = run_drift_probe(node.ctx, self.lanes[0], logs / "drift.log")
+        self.waited_s["drift"] = time.perf_counter() - probed
         store.set_meta(DRIFT_KEY, drift_record(self.drift_start, None))
         self.how = f"worker template ({node.isolation}) started in {node.template_s:.2f} s"
         template_log = logs / "template.log"
@@ -122,9 +126,11 @@ class LocalExecutor:
 
     def close(self) -> None:
         if self.drift_start is not None:
+            probed = time.perf_counter()
             end = run_drift_probe(
                 self.ctx, self.lanes[0], self.settings.store.directory / "logs" / "drift.log"
             )
+            self.closed_s["drift"] = time.perf_counter() - probed
             self.settings.store.set_meta(DRIFT_KEY, drift_record(self.drift_start, end))
         for sampler in self.samplers.values():
             sampler.stop()

@@ -13,6 +13,7 @@ import multiprocessing
 import multiprocessing.forkserver
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.measure.reference_file import REFERENCE, cached_reference
 from bench.measure.sampler import NvmlSampler, handle_for, import_nvml
 from bench.plan.checkpoints import cache_root
 from bench.plan.models import materialize, resolve
@@ -111,13 +113,19 @@ def start_template(log: Path | None = None) -> tuple[Any, float, str]:
 def stop_template() -> None:
     """Stop this process's forkserver and resource tracker now, waiting for both: at the end of `loadbench
     run` no process of its group may outlive it (they would otherwise linger until they notice the parent
-    is gone). multiprocessing starts them again on the next use."""
+    is gone). multiprocessing starts them again on the next use.
+
+    The forkserver holds no state, only the template's imports, so it is killed rather than asked to exit:
+    an exit tears down torch and transformers first, a second or more of the user's time. The resource
+    tracker is asked (it unlinks what a killed cell left registered); both are reaped, never left zombies."""
     from multiprocessing import resource_tracker
 
-    for helper in (
-        getattr(multiprocessing.forkserver, "_forkserver", None),
-        getattr(resource_tracker, "_resource_tracker", None),
-    ):
+    server = getattr(multiprocessing.forkserver, "_forkserver", None)
+    pid = getattr(server, "_forkserver_pid", None)
+    if isinstance(pid, int):
+        with contextlib.suppress(OSError):  # already gone: _stop below reaps it all the same
+            os.kill(pid, signal.SIGKILL)
+    for helper in (server, getattr(resource_tracker, "_resource_tracker", None)):
         stop = getattr(helper, "_stop", None)  # CPython's own way to stop them (used by its tests)
         if stop is not None:
             with contextlib.suppress(OSError, ChildProcessError, TypeError):
@@ -206,18 +214,18 @@ def prepare_quality_reference(
 ) -> dict[str, Any]:
     """Find or compute the quality reference, saying what it does and how long it took, within
     `timeout_s` (a cell's timeout); {"path", ...} or {"reason"} (then every cell's quality.reason)."""
-    from bench.measure.quality import REFERENCE
-
     device = "cpu" if lane is None else "cuda"
     path = quality_reference_path(fingerprint, device)
     path.parent.mkdir(parents=True, exist_ok=True)
     knobs = REFERENCE[device]
-    what = "checking the cached" if path.is_file() else "computing the"
-    say(
-        f"quality reference: {what} {knobs['dtype']}/{knobs['quant']}/{knobs['attn']} reference of "
-        f"{checkpoint.name} on {device} (up to {timeout_s:g} s; --no-quality skips it)"
-    )
+    name = f"{knobs['dtype']}/{knobs['quant']}/{knobs['attn']} reference of {checkpoint.name} on {device}"
     start = time.perf_counter()
+    cached = cached_reference(checkpoint, device, path)  # read here: no worker, no torch in this process
+    if cached is not None:
+        say(f"quality reference: the cached {name} is ready ({time.perf_counter() - start:.1f} s)")
+        return cached
+    what = "checking the cached" if path.is_file() else "computing the"
+    say(f"quality reference: {what} {name} (up to {timeout_s:g} s; --no-quality skips it)")
     reference = run_quality_reference(ctx, checkpoint, lane, path, log, timeout_s)
     elapsed = time.perf_counter() - start
     if "path" in reference:

@@ -162,6 +162,8 @@ def run_stage(request: RunRequest) -> StageResult:
         progress.stop()
         if todo:
             executor.close()
+            for stage, seconds in getattr(executor, "closed_s", {}).items():
+                clock.add(stage, seconds)
     how = executor.summary() if todo else "no cell ran, so no worker was started"
     with clock.stage("summary"):
         missing = print_summary(store, cells, how)

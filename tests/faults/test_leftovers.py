@@ -38,6 +38,7 @@ def test_run_leaves_no_process_and_its_first_line_is_its_own(tmp_path: Path) -> 
     assert group_members(proc.pid) == []
     assert proc.returncode == 0, stderr
     assert stdout.splitlines()[0].startswith("loadbench: "), stdout
+    assert stdout.splitlines()[-1].startswith("time: "), stdout  # flushed before the process ended itself
     assert not any(noise in stderr + stdout for noise in NOISE), stderr
     assert (out / "logs" / "template.log").is_file()  # where the libraries' import-time messages went
 
