@@ -65,7 +65,7 @@ def optimum_benchmark_python() -> tuple[str | None, str]:
         return sys.executable, "this interpreter"
     return None, (
         "optimum-benchmark is not installed here and LOADBENCH_OB_PYTHON is not set, so there is no ratio "
-        "(see README 'The harness's own time': a separate venv with optimum-benchmark==0.6.0)"
+        "(README, 'Against optimum-benchmark': a separate venv with optimum-benchmark==0.6.0)"
     )
 
 
