@@ -51,11 +51,8 @@ def typecheck(session: nox.Session) -> None:
 def perf(session: nox.Session) -> None:
     """Benchmarks (pytest-benchmark): targets live here, not in timed unit tests.
 
-    `--benchmark-only` skips the `perf` tests that do not use the `benchmark` fixture, among them
-    tests/perf/test_accounting_perf.py (the 4-cell sweep's time accounting and the ratio to optimum-benchmark):
-    run that one with pytest, pointing LOADBENCH_OB_PYTHON at a venv with optimum-benchmark==0.6.0 for the
-    ratio (README, "Against optimum-benchmark"):
-    `LOADBENCH_OB_PYTHON=../ob-venv/bin/python python -m pytest -q -s -m perf tests/perf/test_accounting_perf.py`.
+    tests/perf/test_accounting_perf.py prints the 4-cell sweep's time accounting and, with LOADBENCH_OB_PYTHON
+    pointing at a venv that has optimum-benchmark==0.6.0, the ratio to it (README, "Against optimum-benchmark").
     """
     _install(session)
     session.run(
