@@ -3,15 +3,17 @@
 A metric is a regression or an improvement only when a Mann-Whitney U test (Benjamini-Hochberg over every
 metric judged in the comparison) and a minimum effect on the median both say so. Noise does not remove a
 metric: it raises the effect that metric must show (the larger relative IQR of the two runs, at least the
-minimum effect).
+minimum effect). Metrics with fewer than MIN_N samples in either run are "not judged" with that reason.
 
 Samples taken within one run cannot see how much the same cell moves from one run to the next (a shared
 machine's speed wanders over seconds to minutes; each cell sees its own stretch of it), so the test on them
 alone calls differences between two runs of identical code. The metric's other cells can: the robust
-spread (the shortest half, `shortest_half`) of the log-changes of one metric across the matched cells
-estimates that run-to-run spread (an empirical null, as in Efron's large-scale testing), and a cell's change must exceed z of those
+spread (`shortest_half`) of one metric's log-changes across the matched cells estimates that run-to-run
+spread (an empirical null, as in Efron's large-scale testing), and a cell's change must exceed z of those
 spreads, z from the Bonferroni bound alpha / (2 x tests), to count. It is centred on no change, not on the
-run's median change, so a whole run that moves together is still judged. Metrics with fewer than MIN_N samples in either run are "not judged" with that reason. Memory metrics are single values, compared by the minimum effect alone (and at least 1 MiB). A cell
+run's median change, so a whole run that moves together is still judged.
+
+Memory metrics are single values, compared by the minimum effect alone (and at least 1 MiB). A cell
 that was ok in BASE and fails in NEW (schema.FAILED_STATUSES) is a regression too. A metric's direction
 comes from the schema's registry (schema.METRICS), never from its name.
 """
@@ -212,10 +214,10 @@ def compare_runs(
                 continue  # not measured on either host (e.g. the CUDA allocator on a CPU)
             results.append(_memory_result(label, b_id, n_id, name, bv, nv, min_effect))
 
-    tested = _judge(results, pending, min_effect=min_effect, alpha=alpha)
+    tested, spread = _judge(results, pending, min_effect=min_effect, alpha=alpha)
     if drift.confounded and drift.ratio is not None:
         _judge_normalised(results, pending, drift.ratio, min_effect=min_effect, alpha=alpha)
-    notes += _power_notes(results, tested, alpha) + _spread_notes(results, tested, alpha)
+    notes += _power_notes(results, tested, alpha) + _spread_notes(spread, bool(tested))
     base_env, new_env = base.environment, new.environment
     return Comparison(
         base_dir=base.directory,
@@ -251,8 +253,9 @@ def _judge(
     *,
     min_effect: float,
     alpha: float,
-) -> list[int]:
-    """Give each pending timed metric its verdict; returns the indexes of those tested (the BH family).
+) -> tuple[list[int], dict[str, tuple[float, float]]]:
+    """Give each pending timed metric its verdict; returns the indexes of those tested (the BH family) and
+    each metric's (run-to-run spread, |log-change| needed) where it could be estimated.
 
     Noisy metrics are judged too: the test on the samples carries their spread, and the effect a metric
     must show grows with its noise (the larger relative IQR of the two runs, never below min_effect), so a
@@ -287,7 +290,7 @@ def _judge(
         p_values += p.tolist()
         directions += (u_y - m * k / 2.0).tolist()
     q_values = bh_adjust(p_values)
-    spread_needed = _spread_needed(results, tested, alpha)
+    spread = _spread_needed(results, tested, alpha)
     for index, p_value, q, direction in zip(tested, p_values, q_values.tolist(), directions, strict=True):
         result = results[index]
         result.p, result.q = p_value, q
@@ -295,25 +298,25 @@ def _judge(
         # The test's direction must agree with the medians' (a shift, not only a change of shape).
         agrees = direction != 0 and (direction > 0) == (change > 0)
         needed = result.needed if result.needed is not None else min_effect
-        log_needed = spread_needed.get(result.metric, 0.0)
+        log_needed = spread.get(result.metric, (0.0, 0.0))[1]
         result.spread_needed = math.expm1(log_needed) if log_needed else None
         beyond_spread = change > -1.0 and abs(math.log1p(change)) >= log_needed
         if q <= alpha and abs(change) >= needed and agrees and beyond_spread:
             result.verdict = "regression" if worse_by(result) > 0 else "improvement"
         else:
             result.verdict = "no change"
-    return tested
+    return tested, spread
 
 
-def run_to_run_spread(results: list[MetricResult], tested: list[int]) -> dict[str, tuple[float, int]]:
-    """metric -> (robust spread of its cells' log-changes around their median, cells): how far one cell of
-    the metric moves between the two runs for reasons the within-run samples do not show."""
+def run_to_run_spread(results: list[MetricResult], tested: list[int]) -> dict[str, float]:
+    """metric -> the robust spread (`shortest_half`) of its cells' log-changes: how far one cell of the
+    metric moves between the two runs for reasons the within-run samples do not show."""
     logs: dict[str, list[float]] = defaultdict(list)
     for index in tested:
         change = results[index].change
         if change is not None and change > -1.0:
             logs[results[index].metric].append(math.log1p(change))
-    return {m: (shortest_half(v), len(v)) for m, v in logs.items() if len(v) >= SPREAD_MIN_CELLS}
+    return {m: shortest_half(v) for m, v in logs.items() if len(v) >= SPREAD_MIN_CELLS}
 
 
 def shortest_half(values: list[float]) -> float:
@@ -325,12 +328,15 @@ def shortest_half(values: list[float]) -> float:
     return min(ordered[i + half - 1] - ordered[i] for i in range(len(ordered) - half + 1)) / 1.349
 
 
-def _spread_needed(results: list[MetricResult], tested: list[int], alpha: float) -> dict[str, float]:
-    """metric -> the |log-change| one cell must exceed: z run-to-run spreads, z for alpha over the family."""
+def _spread_needed(
+    results: list[MetricResult], tested: list[int], alpha: float
+) -> dict[str, tuple[float, float]]:
+    """metric -> (run-to-run spread, the |log-change| one cell must exceed: z spreads, z for alpha over the
+    family)."""
     if not tested:
         return {}
     z = statistics.NormalDist().inv_cdf(1.0 - alpha / (2.0 * len(tested)))
-    return {metric: z * s for metric, (s, _) in run_to_run_spread(results, tested).items()}
+    return {metric: (s, z * s) for metric, s in run_to_run_spread(results, tested).items()}
 
 
 def _judge_normalised(
@@ -399,21 +405,19 @@ def _power_notes(results: list[MetricResult], tested: list[int], alpha: float) -
     ]
 
 
-def _spread_notes(results: list[MetricResult], tested: list[int], alpha: float) -> list[str]:
+def _spread_notes(spread: Mapping[str, tuple[float, float]], any_tested: bool) -> list[str]:
     """Say how far one cell moved between the runs for the machine's reasons, and what that costs."""
-    spread = run_to_run_spread(results, tested)
     if not spread:
-        if tested:
+        if any_tested:
             return [
                 f"Fewer than {SPREAD_MIN_CELLS} matched cells per metric: the run-to-run spread of a cell "
                 "cannot be estimated, and the test on the samples alone tends to call the machine's "
                 "wandering between runs a change; compare bigger matrices, or repeat the runs."
             ]
         return []
-    needed = _spread_needed(results, tested, alpha)
     parts = ", ".join(
-        f"{metric} ±{math.expm1(s):.1%} (needs ±{math.expm1(needed[metric]):.0%})"
-        for metric, (s, _) in sorted(spread.items())
+        f"{metric} ±{math.expm1(s):.1%} (needs ±{math.expm1(needed):.0%})"
+        for metric, (s, needed) in sorted(spread.items())
     )
     return [f"Run-to-run spread of one cell (robust, across the matched cells): {parts}."]
 
