@@ -41,7 +41,14 @@ from typing import Any, NamedTuple
 import torch
 
 # The reference's knobs and file format live in a torch-free module: the run's parent reads them too.
-from bench.measure.reference_file import DEFAULT_MAX_TOKENS, FORMAT_VERSION, META_KEY, REFERENCE, wanted_meta
+from bench.measure.reference_file import (
+    DEFAULT_MAX_TOKENS,
+    FORMAT_VERSION,
+    META_KEY,
+    REFERENCE,
+    reference_meta,
+    wanted_meta,
+)
 
 __all__ = [
     "EVAL_TEXT",
@@ -226,13 +233,8 @@ def save_reference(
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        raw = (f.metadata() or {}).get(META_KEY)
-    if raw is None:
-        raise ValueError(f"{str(path)!r} is not a loadbench quality reference (no metadata).")
-    return json.loads(raw)
+    """The reference's metadata, read as the run's parent reads it (bench.measure.reference_file)."""
+    return reference_meta(path)[0]
 
 
 def load_reference(path: str | Path) -> Reference:
