@@ -314,7 +314,9 @@ def run_find_max(
         if verdict == "error":
             raise RuntimeError(f"the probe at {target}={value} failed (not for memory): {note}")
         peaks[value] = (peak, note)
-        return verdict == "fits"
+        # The limit the probe ran under (RLIMIT_DATA on the CPU) counts private memory only; the peak it
+        # reports (RSS) adds shared pages, so a probe that lived can still be over the budget: no fit.
+        return verdict == "fits" and (budget_bytes is None or peak is None or peak <= budget_bytes)
 
     found = search(fits, estimate or unit, cap, unit, blind=estimate is None)
     out[f"max.{target}"] = found.answer

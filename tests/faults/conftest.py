@@ -137,6 +137,16 @@ def wait_for_lines(path: Path, count: int, timeout: float = 120) -> None:
     raise AssertionError(f"{path} has fewer than {count} lines after {timeout} s")
 
 
+def wait_for_claim(out: Path, timeout: float = 120) -> None:
+    """Until a runner has claimed a cell of `out` (the cell is starting or running)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (out / "claims").is_dir() and any((out / "claims").iterdir()):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no cell of {out} was claimed after {timeout} s")
+
+
 @pytest.fixture
 def model(tiny_llama: Path) -> Path:
     return tiny_llama

@@ -29,6 +29,7 @@ from .conftest import (
     run,
     run_args,
     start,
+    wait_for_claim,
     wait_for_lines,
 )
 
@@ -110,8 +111,7 @@ def test_a_live_lease_is_waited_for_then_taken_over_when_its_heartbeat_stops(
 def test_a_runner_of_another_spec_is_refused_while_the_first_runs(model: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     first = start(run_args(model, out), faults={CELLS[0]: "sleep"})
-    wait_for_lines(out / "run.json", 1)
-    time.sleep(1.0)
+    wait_for_claim(out)  # its first cell is running (and sleeping): the first runner holds the directory
     code, text, pgid = run(run_args(model, out, dtype="float16"))
     assert code == 2 and "holds a run of spec_hash" in text and "Traceback" not in text, text[-2000:]
     assert_no_process_left(pgid)
