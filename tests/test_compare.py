@@ -309,31 +309,6 @@ def test_false_alarms_against_the_fixed_threshold_and_previous_commit_anchors(re
     assert previous_commit_slow == 0.0, rates
 
 
-@pytest.mark.slow
-def test_two_real_runs_of_the_same_configuration_have_no_significant_regression(
-    tmp_path: Path, tiny_llama: Path
-) -> None:
-    from bench.plan.matrix import MatrixSpec, Shape
-    from bench.run.session import RunRequest, run_matrix
-
-    spec = MatrixSpec(
-        model=str(tiny_llama),
-        dtype=("float32",),
-        attn=("sdpa",),
-        workloads=("prefill",),
-        shape=Shape(2, 32, 2),
-        name="x",
-    )
-    for name in ("a", "b"):
-        assert run_matrix(RunRequest(spec=spec, out=tmp_path / name, budget_s=1.0, live=False)) == 0
-    comparison = compare(tmp_path / "a", tmp_path / "b")
-    assert comparison.matched_by == "cell_id" and comparison.cells_matched == 1
-    assert {r.metric for r in comparison.results} >= {"prefill.latency_s", "prefill.tokens_per_s"}
-    assert not comparison.of("regression"), render_markdown(comparison)
-    assert comparison.exit_code == EXIT_OK
-    assert main([str(tmp_path / "a"), str(tmp_path / "b")]) == EXIT_OK
-
-
 # --- matching and bad input -----------------------------------------------------------------------------
 
 
