@@ -56,18 +56,24 @@ def test_without_the_spread_the_same_pair_would_alarm() -> None:
     assert any("cannot be estimated" in note for note in comparison.notes)
 
 
-@pytest.mark.parametrize("cells", [[5], list(range(24))])
-def test_one_cell_and_the_whole_run_33_percent_slower_are_caught(cells: list[int]) -> None:
+def _slowed(cells: list[int]) -> tuple[list[str], Any, set[tuple[str, str]]]:
+    """(BASE's cell ids, the comparison, its flagged (cell, metric)) with `cells` of NEW 33 % slower."""
     base_records = _runs_with_cell_drift(1, drift=0.02)
     comparison = compare_runs(
         _in_memory(base_records),
         _in_memory(_runs_with_cell_drift(2, drift=0.02, slow=dict.fromkeys(cells, 1.33))),
     )
-    assert comparison.exit_code == 1
     flagged = {(r.base_cell_id, r.metric) for r in comparison.of("regression")}
+    return [r["cell_id"] for r in base_records], comparison, flagged
+
+
+@pytest.mark.parametrize("cells", [[5], list(range(24))])
+def test_one_cell_and_the_whole_run_33_percent_slower_are_caught(cells: list[int]) -> None:
+    ids, comparison, flagged = _slowed(cells)
+    assert comparison.exit_code == 1
     for i in cells:
         for metric in TIMED_SECONDS:
-            assert (base_records[i]["cell_id"], metric) in flagged, (i, metric)
+            assert (ids[i], metric) in flagged, (i, metric)
 
 
 def test_a_change_of_exactly_half_the_cells_does_not_hide_behind_the_spread() -> None:
@@ -75,15 +81,10 @@ def test_a_change_of_exactly_half_the_cells_does_not_hide_behind_the_spread() ->
     # ~0.14 and nothing would be flagged; the shortest half is one of the two halves (its whole range, so
     # the spread is still overestimated ~2x and cells near the threshold can be missed: most are caught).
     half = list(range(0, 24, 2))
-    base_records = _runs_with_cell_drift(1, drift=0.02)
-    comparison = compare_runs(
-        _in_memory(base_records),
-        _in_memory(_runs_with_cell_drift(2, drift=0.02, slow=dict.fromkeys(half, 1.33))),
-    )
+    ids, comparison, flagged = _slowed(half)
     assert comparison.exit_code == 1
-    flagged = {(r.base_cell_id, r.metric) for r in comparison.of("regression")}
     for metric in TIMED_SECONDS:
-        caught = sum((base_records[i]["cell_id"], metric) in flagged for i in half)
+        caught = sum((ids[i], metric) in flagged for i in half)
         assert caught >= 6, (metric, caught)
-    unchanged = {base_records[i]["cell_id"] for i in range(1, 24, 2)}
+    unchanged = {ids[i] for i in range(1, 24, 2)}
     assert not {cell for cell, _ in flagged} & unchanged
