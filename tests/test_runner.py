@@ -86,6 +86,31 @@ def test_threads_are_read_back(tiny_llama, tmp_path) -> None:
     assert record["status"] == "ok" and record["threads"] == 2
 
 
+def _collector_state(conn) -> None:
+    import gc
+
+    conn.send((gc.isenabled(), gc.get_freeze_count(), "torch" in sys.modules))
+    conn.close()
+
+
+def test_cells_fork_from_a_frozen_template_with_the_collector_on() -> None:
+    # the template pauses the collector while it imports (bench.run.template_start); a cell must find it
+    # running again, with the template's objects frozen so that no collection of the cell walks them
+    from bench.run.node import begin_template, start_template, template_modules
+
+    begin_template(template_modules(["none"]))
+    ctx, _, mode = start_template()
+    assert mode == "forkserver"
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_collector_state, args=(send,))
+    proc.start()
+    send.close()
+    enabled, frozen, has_torch = recv.recv()
+    proc.join()
+    assert enabled and has_torch
+    assert frozen > 100_000  # torch and transformers: hundreds of thousands of objects
+
+
 def test_corrupt_checkpoint_ends_the_cell_as_error(tiny_llama, tmp_path) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(tiny_llama, broken)

@@ -30,6 +30,9 @@ from bench.run.messages import CalibrationTask, DriftTask, ProbeAnswer, Referenc
 
 TEMPLATE_MODULES = ["bench.run.template"]  # torch, transformers, peft, bitsandbytes; never CUDA
 BASE_TEMPLATE_MODULES = ["bench.run.template_base"]  # torch, transformers, the cell body: no k-bit cells
+# Around either template: the collector paused while it imports, then its objects frozen (the first and
+# the last module the forkserver imports; it skips a module that fails to import and goes on to the next).
+TEMPLATE_FIRST, TEMPLATE_LAST = "bench.run.template_start", "bench.run.template_ready"
 
 
 def template_modules(quant: tuple[str, ...] | list[str]) -> list[str]:
@@ -72,7 +75,7 @@ def begin_template(modules: list[str] | None = None) -> None:
         os.environ[TEMPLATE_LOG_ENV] = path
     ctx = multiprocessing.get_context("forkserver")
     if not _TEMPLATE_PRELOAD:
-        ctx.set_forkserver_preload(wanted)
+        ctx.set_forkserver_preload([TEMPLATE_FIRST, *wanted, TEMPLATE_LAST])
         _TEMPLATE_PRELOAD[:] = wanted
     _TEMPLATE_BEGUN.setdefault("at", time.perf_counter())
     multiprocessing.forkserver.ensure_running()
