@@ -29,7 +29,11 @@ def slow(session: nox.Session) -> None:
     _install(session)
     session.install("-e", ".[dev,ray]")
     # Exit 5 is "no tests collected" (e.g. a -k that matches none): nothing failed.
-    session.run("pytest", "-q", "-m", "slow", *session.posargs, success_codes=[0, 5])
+    # Two workers (pytest-xdist): the tests wait on subprocesses of one thread each; `loadgroup` keeps
+    # the Ray clusters on one worker and the default run's module on one.
+    session.run(
+        "pytest", "-q", "-m", "slow", "-n", "2", "--dist", "loadgroup", *session.posargs, success_codes=[0, 5]
+    )
 
 
 @nox.session

@@ -9,7 +9,8 @@ from bench.plan.matrix import load_preset
 from bench.run.store import FINAL_STATUSES, RunStore
 from bench.schema import MIN_SAMPLES
 
-pytestmark = pytest.mark.slow
+# one worker runs the default run once for all of these tests (CI runs the slow tests on two workers)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("default_run")]
 
 TIMED = [
     "prefill.latency_s",
@@ -37,7 +38,8 @@ GPU_ONLY = (
 )
 
 
-@pytest.fixture(scope="module")
+# session, not module: a worker of pytest-xdist may tear a module fixture down between batches of its tests
+@pytest.fixture(scope="session")
 def default_run(tmp_path_factory, ckpt_cache):
     out = tmp_path_factory.mktemp("default") / "run"
     mp = pytest.MonkeyPatch()

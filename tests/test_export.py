@@ -15,6 +15,7 @@ from pytest_benchmark.stats import Stats
 
 from bench.analysis import export
 from bench.commands import export as export_command
+from tests.inner_pytest import inner_env
 from tests.test_report import H100_RUN, grid_records, make_record, make_run
 
 
@@ -46,7 +47,7 @@ def real_layout(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "-c",
         "/dev/null",
     ]
-    subprocess.run(command, cwd=root, check=True, capture_output=True, timeout=120)
+    subprocess.run(command, cwd=root, check=True, capture_output=True, timeout=120, env=inner_env())
     return json.loads(out.read_text())
 
 

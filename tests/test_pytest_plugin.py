@@ -12,6 +12,7 @@ import pytest
 
 from bench import pytest_plugin
 from bench.schema import METRICS
+from tests.inner_pytest import inner_env
 
 
 @pytest.mark.slow
@@ -40,7 +41,7 @@ def test_matrix_under_pytest_benchmark(tiny_llama, tmp_path) -> None:
         "--benchmark-only",
         f"--benchmark-json={out_json}",
     ]
-    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=inner_env())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     data = json.loads(out_json.read_text())
     names = sorted(b["param"] for b in data["benchmarks"])
@@ -77,6 +78,7 @@ def test_without_a_matrix_it_skips_with_the_reason(tmp_path) -> None:
             "--benchmark-only",
         ],
         cwd=tmp_path,
+        env=inner_env(),
         capture_output=True,
         text=True,
     )

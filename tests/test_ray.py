@@ -17,7 +17,8 @@ from bench.cli import main
 from bench.run.store import FINAL_STATUSES, RunStore
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'loadbench[ray]')")
-pytestmark = pytest.mark.slow
+# one xdist worker holds every Ray cluster of the suite (CI runs the slow tests on two workers)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 ROOT = Path(__file__).resolve().parents[1]
 PORT = 6391
 
@@ -69,8 +70,9 @@ def run_cli(args: list[str]) -> subprocess.Popen:
 
 def test_default_preset_same_cells_and_statuses_as_local(cluster, tmp_path) -> None:
     local, remote = tmp_path / "local", tmp_path / "ray"
-    assert main(["run", "--out", str(local), "--no-live", "--budget", "0.2"]) == 0
-    proc = run_cli(["--executor", "ray", "--address", cluster, "--out", str(remote), "--budget", "0.2"])
+    fast = ["--budget", "0.2", "--min-samples", "2"]  # statuses, not statistics
+    assert main(["run", "--out", str(local), "--no-live", *fast]) == 0
+    proc = run_cli(["--executor", "ray", "--address", cluster, "--out", str(remote), *fast])
     assert proc.wait(timeout=600) == 0, proc.stdout.read().decode()[-3000:]
     assert statuses(remote) == statuses(local)
     assert len(statuses(local)) == 24

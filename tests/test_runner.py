@@ -20,6 +20,7 @@ from bench.plan.matrix import MatrixSpec, Shape
 from bench.run.faults import FAULTS_ENV
 from bench.run.session import RunRequest, run_matrix
 from bench.run.store import FINAL_STATUSES, RunStore
+from tests.faults.helpers import interruptible
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -170,7 +171,7 @@ os.environ["LOADBENCH_TEST_FAULTS"] = json.dumps({faults!r})
 spec = MatrixSpec(model={model!r}, dtype=("float32", "bfloat16"), attn=("eager", "sdpa"),
                   workloads=("prefill",), shape=Shape(1, 16, 2), name="small")
 try:
-    run_matrix(RunRequest(spec, out=Path({out!r}), resume=True, budget_s=0.1, live=False))
+    run_matrix(RunRequest(spec, out=Path({out!r}), resume=True, budget_s=0.1, min_samples=2, live=False))
 except KeyboardInterrupt:
     sys.exit(130)
 """
@@ -179,7 +180,11 @@ except KeyboardInterrupt:
 def spawn_runner(model: Path, out: Path, faults: dict[str, str]) -> subprocess.Popen:
     script = textwrap.dedent(RUNNER_SCRIPT).format(model=str(model), out=str(out), faults=faults)
     return subprocess.Popen(
-        [sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=interruptible,
     )
 
 

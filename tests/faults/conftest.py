@@ -21,6 +21,7 @@ import pytest
 
 from bench.run.faults import FAULTS_ENV
 from bench.schema import FINAL_STATUSES
+from tests.faults.helpers import interruptible
 
 ROOT = Path(__file__).resolve().parents[2]
 # Two dtypes x two attentions: four runnable cells of about a second each on one CPU thread.
@@ -49,6 +50,8 @@ def run_args(model: Path, out: Path, *extra: str, dtype: str = "float32,bfloat16
         "16",
         "--budget",
         "0.1",
+        "--min-samples",  # the fault tests check records and processes, not statistics
+        "2",
         "--no-live",
         "--out",
         str(out),
@@ -74,6 +77,7 @@ def start(args: list[str], faults: dict[str, str] | None = None) -> subprocess.P
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=interruptible,
     )
 
 

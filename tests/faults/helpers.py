@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,16 @@ ONE_CELL = [
     "off",
     "--workloads",
     "prefill",
+    "--min-samples",  # these tests check records, processes and files, not statistics
+    "2",
 ]
+
+
+def interruptible() -> None:
+    """Run in the child before exec: Ctrl-C's default action back. A shell without job control starts a
+    background command (this suite, say) with SIGINT ignored; every child inherits that, and Python then
+    installs no KeyboardInterrupt handler, so a test's SIGINT would go unheard."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def cli_env(**extra: str) -> dict[str, str]:
@@ -38,6 +48,7 @@ def start_cli(args: list[str], **env: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=interruptible,
     )
 
 

@@ -75,6 +75,7 @@ def test_a_killed_cell_leaks_no_semaphore(tmp_path: Path) -> None:
     assert group_members(proc.pid) == []
 
 
+@pytest.mark.xdist_group("ray")  # beside tests/test_ray.py's cluster, never at the same time
 def test_ray_local_cluster_is_shut_down(tmp_path: Path) -> None:
     pytest.importorskip("ray")
     ray_tmp = Path("/tmp") / f"lbray{os.getpid()}"  # Ray's socket paths must stay short
