@@ -1,6 +1,7 @@
 """The first module a warm template imports: the cyclic garbage collector is paused while the libraries
 import. torch and transformers create hundreds of thousands of objects as they import, and the
-collector otherwise walks them over and over: about a quarter of the template's start-up here.
+collector otherwise walks them over and over: about a sixth of the template's start-up here
+(scripts/template_start.py).
 bench.run.template_ready, the last module, collects once and resumes it.
 """
 
