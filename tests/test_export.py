@@ -15,7 +15,7 @@ from pytest_benchmark.stats import Stats
 
 from bench.analysis import export
 from bench.commands import export as export_command
-from tests.inner_pytest import inner_env
+from tests.subprocesses import inner_env
 from tests.test_report import H100_RUN, grid_records, make_record, make_run
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from bench import pytest_plugin
 from bench.schema import METRICS
-from tests.inner_pytest import inner_env
+from tests.subprocesses import inner_env
 
 
 @pytest.mark.slow

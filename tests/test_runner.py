@@ -20,7 +20,7 @@ from bench.plan.matrix import MatrixSpec, Shape
 from bench.run.faults import FAULTS_ENV
 from bench.run.session import RunRequest, run_matrix
 from bench.run.store import FINAL_STATUSES, RunStore
-from tests.faults.helpers import interruptible
+from tests.subprocesses import interruptible
 
 ROOT = Path(__file__).resolve().parents[1]
 

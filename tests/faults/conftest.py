@@ -21,7 +21,7 @@ import pytest
 
 from bench.run.faults import FAULTS_ENV
 from bench.schema import FINAL_STATUSES
-from tests.faults.helpers import interruptible
+from tests.subprocesses import interruptible
 
 ROOT = Path(__file__).resolve().parents[2]
 # Two dtypes x two attentions: four runnable cells of about a second each on one CPU thread.

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.subprocesses import interruptible
 
 ROOT = Path(__file__).resolve().parents[2]
 # The smallest real run: one float32 cell, prefill only.
@@ -24,13 +25,6 @@ ONE_CELL = [
     "--min-samples",  # these tests check records, processes and files, not statistics
     "2",
 ]
-
-
-def interruptible() -> None:
-    """Run in the child before exec: Ctrl-C's default action back. A shell without job control starts a
-    background command (this suite, say) with SIGINT ignored; every child inherits that, and Python then
-    installs no KeyboardInterrupt handler, so a test's SIGINT would go unheard."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def cli_env(**extra: str) -> dict[str, str]:
