@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from bench.commands import (
+    ab,
     cache,
     checkpoint,
     compare,
@@ -24,7 +25,7 @@ from bench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 from loader.errors import LoadConfigError
 
 # The subcommands in `loadbench --help` order; each module adds its parser with register(subparsers).
-COMMANDS = (run, plan, env, checkpoint, cache, report, compare, recommend, export, estimate, merge)
+COMMANDS = (run, plan, env, checkpoint, cache, report, compare, ab, recommend, export, estimate, merge)
 
 
 def build_parser() -> argparse.ArgumentParser:

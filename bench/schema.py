@@ -13,6 +13,9 @@ from functools import lru_cache
 from typing import Literal
 
 __all__ = [
+    "AB_COLUMNS",
+    "AB_KEY",
+    "AB_SIDES",
     "ALL_STATUSES",
     "CI_LEVEL",
     "DECODE_CACHE_COLUMN",
@@ -69,6 +72,13 @@ MISSING_STATUS = "missing"
 SPEC_HASH = "spec_hash"
 # Display order (reports, summaries).
 STATUSES = ("ok", "skipped", "unsupported", "oom", "timeout", "crashed", "error", "invalid", "interrupted")
+
+# --- `loadbench ab` -------------------------------------------------------------------------------------
+# An ab run measures every cell on two sides, round after round: a record's `side` says which, and a final
+# record is final for its (cell_id, side, round), not for the cell (bench.run.records.record_key).
+AB_SIDES = ("base", "new")
+AB_COLUMNS = ("side", "ab.round", "ab.slot", "ab.first")  # ab.first: this side went first in its pair
+AB_KEY = "ab"  # run.json: the sides, the seed, the rounds and the judgement's settings
 
 # --- knobs, workloads, phases ------------------------------------------------------------------------------
 # The record's knob columns, in report order.

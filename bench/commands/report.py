@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from bench.analysis.ab import is_ab_run, render_ab
 from bench.analysis.report import render
 from bench.errors import EXIT_BAD_INPUT, EXIT_OK, StoreError
 from bench.run import store
@@ -20,7 +21,10 @@ BAD_INPUT = (StoreError, store.StoreError)
 def run_report(args: argparse.Namespace) -> int:
     """Render and print the paths written; a run that cannot be read or written is one sentence, exit 2."""
     try:
-        paths = render(args.dir, args.out)
+        if is_ab_run(store.RunStore.open(args.dir).meta):  # an ab run: its verdicts, ab.md and ab.json
+            paths, _ = render_ab(args.dir, args.out)
+        else:
+            paths = render(args.dir, args.out)
     except BAD_INPUT as exc:
         print(f"loadbench: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -13,7 +13,6 @@ import functools
 import os
 import socket
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from bench.plan.checkpoints import read_json
 from bench.plan.matrix import Cell
 from bench.run.compose import compose_record
 from bench.run.faults import fault_for, faults_from_environment
+from bench.run.memory_store import MemoryStore
 from bench.run.messages import NodeTask
 from bench.run.node import NodeSetup, gpu_samplers, node_checkpoint, prepare_node
 from bench.run.progress import NullProgress, Progress
@@ -41,30 +41,6 @@ def import_ray() -> Any:
     except ImportError:
         raise BenchError(RAY_MISSING) from None
     return ray
-
-
-class MemoryStore:
-    """What a Runner needs of a store, kept in memory on a node: the driver owns the real one."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.records: list[dict[str, Any]] = []
-
-    def append(self, record: dict[str, Any]) -> bool:
-        self.records.append(record)
-        return True
-
-    def claim(self, cell_id: str, lease_s: float = 0.0) -> bool:
-        return True
-
-    def refresh(self, cell_ids: Iterable[str], lease_s: float = 0.0) -> None:
-        pass
-
-    def release(self, cell_id: str) -> None:
-        pass
-
-    def final_cell_ids(self) -> set[str]:
-        return set()
 
 
 def _log_dir() -> Path:

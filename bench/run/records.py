@@ -19,12 +19,14 @@ from bench.schema import ALL_STATUSES, FINAL_STATUSES
 
 __all__ = [
     "StoreWarning",
+    "ab_key",
     "check_cell_id",
     "check_record",
     "dumps_line",
     "finite",
     "is_final",
     "parse_line",
+    "record_key",
     "warn_skipped",
 ]
 
@@ -87,6 +89,19 @@ def parse_line(line: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return value if _is_record(value) else None
+
+
+def record_key(record: Mapping[str, Any]) -> str:
+    """What one final record ends: its cell in a run; its cell's side in one round of an `ab` run."""
+    side, round_no = record.get("side"), record.get("ab.round")
+    if side is None or round_no is None:
+        return str(record["cell_id"])
+    return ab_key(str(record["cell_id"]), str(side), int(round_no))
+
+
+def ab_key(cell_id: str, side: str, round_no: int) -> str:
+    """The key (and claim file name) of one cell on one side in one round of an `ab` run."""
+    return f"{cell_id}.{side}.{round_no}"
 
 
 def is_final(record: Mapping[str, Any]) -> bool:

@@ -34,6 +34,7 @@ from bench.run.records import (
     finite,
     is_final,
     parse_line,
+    record_key,
     warn_skipped,
 )
 from bench.run.shards import parse_shard, select_shard
@@ -264,7 +265,8 @@ class RunStore:
     # appending
 
     def append(self, record: Mapping[str, Any]) -> bool:
-        """Append one record as one fsynced line; False (nothing written) if the cell already has a final one."""
+        """Append one record as one fsynced line; False (nothing written) if its key (its cell; in an `ab` run
+        its cell, side and round) already has a final one."""
         check_record(record)
         row = dict(record)
         row.setdefault("schema_version", SCHEMA_VERSION)
@@ -274,7 +276,7 @@ class RunStore:
             row.setdefault("env_index", self._env_index)
         line = dumps_line(row, f"the record of cell {row['cell_id']}").encode("utf-8") + b"\n"
         with self._locked():
-            if is_final(row) and row["cell_id"] in self._refresh_final_ids():
+            if is_final(row) and record_key(row) in self._refresh_final_ids():
                 return False
             self._append_line(line)
         return True
@@ -317,15 +319,15 @@ class RunStore:
         for line in complete.split(b"\n"):
             record = parse_line(line)
             if record is not None and is_final(record):
-                self._final_ids.add(record["cell_id"])
+                self._final_ids.add(record_key(record))
         self._scanned += len(complete)
         return self._final_ids
 
     # claims
 
     def claim(self, cell_id: str, lease_s: float = DEFAULT_LEASE_S) -> bool:
-        """Take a cell for this process; False if it is done or a live lease holds it. A stale lease is
-        taken over, with a note in the cell's log (logs/<cell_id>.log)."""
+        """Take a cell (in an `ab` run: a record key) for this process; False if it is done or a live lease
+        holds it. A stale lease is taken over, with a note in the cell's log (logs/<cell_id>.log)."""
         path = self.claims_dir / check_cell_id(cell_id)
         with self._locked():
             if cell_id in self._refresh_final_ids():
@@ -376,8 +378,8 @@ class RunStore:
         return kept
 
     def final_cell_ids(self) -> set[str]:
-        """Cells resume must not run again."""
-        return {record["cell_id"] for record in self.records() if is_final(record)}
+        """Cells resume must not run again (in an `ab` run: record keys, bench.run.records.record_key)."""
+        return {record_key(record) for record in self.records() if is_final(record)}
 
 
 def _new_meta(run_meta: Mapping[str, Any]) -> dict[str, Any]:

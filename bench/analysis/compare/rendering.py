@@ -41,7 +41,7 @@ def _unit(metric: str) -> str:
     return "bytes" if is_memory(metric) else ""
 
 
-def _fmt_value(metric: str, value: float | None) -> str:
+def fmt_value(metric: str, value: float | None) -> str:
     if value is None:
         return "–"
     unit = _unit(metric)
@@ -80,7 +80,7 @@ def _fmt_evidence(r: MetricResult) -> str:
     return f"p={r.p:.2g}, q={r.q:.2g}, n={r.n_base}/{r.n_new}{needed}"
 
 
-def _cell(text: Any) -> str:
+def md_cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
@@ -102,8 +102,8 @@ def _metric_table(
     for r in rows[:limit]:
         last = r.reason if reason else _fmt_evidence(r)
         line = (
-            f"| {_cell(r.cell)} | `{r.metric}` | {_fmt_value(r.metric, r.base)} | "
-            f"{_fmt_value(r.metric, r.new)} | {_fmt_change(r)} | {_cell(last)} |"
+            f"| {md_cell(r.cell)} | `{r.metric}` | {fmt_value(r.metric, r.base)} | "
+            f"{fmt_value(r.metric, r.new)} | {_fmt_change(r)} | {md_cell(last)} |"
         )
         if normalised and not reason:
             line += f" {_fmt_normalised(r)} |"
@@ -117,7 +117,7 @@ def _status_table(rows: list[StatusChange], limit: int) -> list[str]:
     lines = ["| cell | BASE | NEW | reason |", "|---|---|---|---|"]
     for s in rows[:limit]:
         reason = (s.reason or "")[:200]
-        lines.append(f"| {_cell(s.cell)} | {s.base_status} | {s.new_status} | {_cell(reason)} |")
+        lines.append(f"| {md_cell(s.cell)} | {s.base_status} | {s.new_status} | {md_cell(reason)} |")
     if len(rows) > limit:
         lines.append(f"\n… and {len(rows) - limit} more (see `--format json`).")
     return lines
@@ -158,7 +158,7 @@ def _markdown(c: Comparison, limit: int) -> str:
     if c.environment:
         out += ["**Environment differences** (timings can differ for these reasons alone):", ""]
         out += ["| | BASE | NEW |", "|---|---|---|"]
-        out += [f"| {k} | {_cell(b)} | {_cell(n)} |" for k, b, n in c.environment]
+        out += [f"| {k} | {md_cell(b)} | {md_cell(n)} |" for k, b, n in c.environment]
         out.append("")
     if c.base_only or c.new_only:
         out += [f"Unmatched cells: {len(c.base_only)} only in BASE, {len(c.new_only)} only in NEW.", ""]

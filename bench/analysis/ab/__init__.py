@@ -1,0 +1,62 @@
+"""`loadbench ab`'s judgement and output: paired statistics (paired), verdicts and the stopping rule
+(judging), ab.md and JSON (rendering). The run stage is bench.run.ab; the command line bench.commands.ab."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.analysis.ab.judging import DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, ABJudgement, judge, settled
+from bench.analysis.ab.rendering import render_json, render_markdown, summary_line
+from bench.fileio import atomic_write_text
+from bench.run.records import ab_key
+from bench.run.store import RunStore
+from bench.schema import AB_KEY, AB_SIDES
+
+__all__ = [
+    "DEFAULT_ALPHA",
+    "DEFAULT_MIN_EFFECT",
+    "ABJudgement",
+    "is_ab_run",
+    "judge",
+    "judge_run",
+    "missing_measurements",
+    "render_ab",
+    "settled",
+    "summary_line",
+]
+
+
+def is_ab_run(meta: dict[str, Any]) -> bool:
+    return AB_KEY in meta
+
+
+def judge_run(store: RunStore) -> ABJudgement:
+    """An ab run directory judged with the settings it was run with."""
+    ab = store.meta.get(AB_KEY, {})
+    return judge(
+        store.records(),
+        min_effect=float(ab.get("min_effect", DEFAULT_MIN_EFFECT)),
+        alpha=float(ab.get("alpha", DEFAULT_ALPHA)),
+    )
+
+
+def missing_measurements(store: RunStore) -> int:
+    """Measurements begun without a final record (interrupted, or a side that died): --resume runs them."""
+    records = store.records()
+    final = store.final_cell_ids()
+    begun = {ab_key(r["cell_id"], r["side"], r["ab.round"]) for r in records if r.get("side") in AB_SIDES}
+    return len(begun - final)
+
+
+def render_ab(directory: str | Path, out: str | Path | None = None) -> tuple[dict[str, Path], ABJudgement]:
+    """Write ab.md and ab.json of an ab run directory; their paths and the judgement."""
+    store = RunStore.open(directory)
+    judgement = judge_run(store)
+    missing = missing_measurements(store)
+    target = Path(out) if out is not None else store.directory
+    target.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": target / "ab.md", "json": target / "ab.json"}
+    atomic_write_text(paths["markdown"], render_markdown(judgement, store.meta, missing=missing))
+    atomic_write_text(paths["json"], render_json(judgement, store.meta, missing=missing))
+    return paths, judgement
