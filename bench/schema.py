@@ -35,6 +35,7 @@ __all__ = [
     "NON_FINAL_STATUSES",
     "PEAK_SOURCES",
     "PHASES",
+    "RECIPROCALS",
     "SAMPLE_SUFFIXES",
     "SCHEMA_VERSION",
     "SPEC_HASH",
@@ -129,6 +130,12 @@ class Metric:
     kind: Kind
     sampled: bool = False  # True: the record holds .p10/.p90/.iqr/.n/.samples beside the median
     fmt: str = "{:.4g}"
+
+
+# Throughputs computed sample by sample from a timed metric (tokens / seconds): one measurement under two
+# names. `ab` tests the time and gives its throughput the same verdict, so the family of tests is not
+# doubled by a metric that cannot disagree with its twin.
+RECIPROCALS = {"prefill.tokens_per_s": "prefill.latency_s", "train.tokens_per_s": "train.step_s"}
 
 
 def _m(name: str, unit: str, better: Better | None, kind: Kind, sampled: bool = False) -> Metric:

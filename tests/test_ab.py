@@ -53,8 +53,10 @@ def test_an_a_a_run_passes_with_paired_interleaved_records(tmp_path: Path) -> No
     assert code == 0, stderr[-3000:]
     assert stdout.startswith("## loadbench ab: ✅ 0 regression(s)") and "an A/A run" in stdout
     records = side_records(out)
+    last = max(r["ab.round"] for r in records)  # 5 when the cell settled early (equivalent within 2.5 %)
+    assert last in (5, 6)
     assert sorted((r["ab.round"], r["side"]) for r in records) == [
-        (r, s) for r in range(1, 7) for s in ("base", "new")
+        (r, s) for r in range(1, last + 1) for s in ("base", "new")
     ]
     assert all(r["status"] == "ok" and r["prefill.latency_s.n"] >= 3 for r in records)
     firsts = {r["ab.round"]: r["side"] for r in records if r["ab.first"]}
@@ -74,7 +76,7 @@ def test_a_side_slowed_by_its_environment_is_a_regression(tmp_path: Path) -> Non
         ab_args(
             out,
             "--rounds",
-            "6",
+            "8",
             "--new-env",
             f"PYTHONPATH={SLOWDOWN}{os.pathsep}{ROOT}",
             "--new-env",

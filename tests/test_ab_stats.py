@@ -54,6 +54,9 @@ def test_interval_uses_the_tabled_critical_value() -> None:
     assert result.estimate == pytest.approx(np.median(walsh))
     six = paired(np.arange(1, 7) / 100.0)  # n = 6: only the whole range reaches 95 %
     assert (six.low, six.high) == (pytest.approx(0.01), pytest.approx(0.06))
+    five = paired(np.arange(1, 6) / 100.0)  # n = 5: not even the whole range does
+    assert (five.low, five.high) == (-math.inf, math.inf)
+    assert paired(np.arange(1, 6) / 100.0, level=0.90).high == pytest.approx(0.05)
 
 
 def test_interval_covers_a_known_shift_about_95_percent_of_the_time() -> None:
@@ -156,10 +159,13 @@ def test_few_rounds_are_not_judged() -> None:
 
 def test_a_cell_settles_when_its_interval_is_decided() -> None:
     one = [r for r in records(12, noise=0.003, seed=5) if r["cell_id"] == "cell0"]
-    assert not settled([r for r in one if r["ab.round"] <= 5])  # no 95 % interval below 6 rounds
-    assert settled([r for r in one if r["ab.round"] <= 6])
+    assert not settled([r for r in one if r["ab.round"] <= 4])  # no 90 % interval below 5 rounds
+    assert settled([r for r in one if r["ab.round"] <= 5])  # equivalent: inside +-2.5 %
     slowed = [r for r in records(12, ratio=1.3, noise=0.003, seed=5) if r["cell_id"] == "cell0"]
-    assert settled([r for r in slowed if r["ab.round"] <= 6])  # wholly beyond the minimum effect
+    assert settled([r for r in slowed if r["ab.round"] <= 6])  # wholly beyond +-5 % at 95 % (one test)
+    # Among 8 cells the decided interval is at 1 - 0.05/8: 8 rounds cannot reach it, 9 can.
+    assert not settled([r for r in slowed if r["ab.round"] <= 8], cells=8)
+    assert settled([r for r in slowed if r["ab.round"] <= 9], cells=8)
     between = [r for r in records(6, ratio=1.04, noise=0.003, seed=5) if r["cell_id"] == "cell0"]
     assert not settled(between)  # straddles +-5 %: more rounds could decide it
     failing = [{**r, "status": "error"} for r in one if r["ab.round"] <= 2]

@@ -20,8 +20,8 @@ from bench.units import argtype, positive_int, positive_seconds
 
 __all__ = ["register", "run_ab_command"]
 
-DEFAULT_ROUNDS = 12
-DEFAULT_BUDGET_S = 0.05
+DEFAULT_ROUNDS = 10
+DEFAULT_BUDGET_S = 0.03
 DEFAULT_ROUND_SAMPLES = 3
 
 
@@ -136,7 +136,7 @@ def run_ab_command(args: argparse.Namespace) -> int:
         quality=args.quality,
         fit_check=args.fit_check,
         online=args.online,
-        settled=lambda records: settled(records, min_effect),
+        settled=lambda records, cells: settled(records, min_effect, alpha, cells),
         judgement={"min_effect": min_effect, "alpha": alpha},
     )
     result = run_ab(request)

@@ -2,7 +2,8 @@
 
 Put this directory on a side's PYTHONPATH (`--new-env PYTHONPATH=tests/slowdown`) and name the slowdowns in
 LOADBENCH_SLOWDOWN, e.g. `compute=0.10` or `load=0.10` or `linear=0.10`; loadbench's code is untouched.
-Each target's outermost call spins afterwards for the given fraction of the time it took:
+Each target's outermost call spins afterwards for the given fraction of the time it took (on a GPU after
+waiting for its kernels, a synchronisation the base side does not have):
 
 - compute: a module's forward (the outermost `torch.nn.Module.__call__`), `Tensor.backward`, every
   optimizer step and transformers' `generate`: prefill, train and decode each about that much slower;
@@ -40,6 +41,13 @@ def _spin(seconds: float) -> None:
         pass
 
 
+def _sync() -> None:
+    """On a GPU a call returns before its kernels finish: wait for them, so the spin follows their time."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def slowed(fn: Any, target: str) -> Any:
     """`fn`, spinning FRACTIONS[target] of its own time after its outermost call returns."""
     fraction = FRACTIONS[target]
@@ -53,6 +61,7 @@ def slowed(fn: Any, target: str) -> Any:
         try:
             return fn(*args, **kwargs)
         finally:
+            _sync()
             setattr(_inside, target, False)
             _spin(fraction * (time.perf_counter() - start))
 
@@ -69,6 +78,7 @@ def _patch_torch(torch: Any) -> None:
             started[id(optimizer)] = time.perf_counter()
 
         def after(optimizer: Any, args: Any, kwargs: Any) -> None:
+            _sync()
             _spin(
                 FRACTIONS["compute"] * (time.perf_counter() - started.pop(id(optimizer), time.perf_counter()))
             )

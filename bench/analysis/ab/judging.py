@@ -9,7 +9,8 @@ when the median of its per-round changes exceeds MEM_REL and MEM_ABS_FLOOR_BYTES
 side and fails on the other in some round is a status change (a regression when the new side fails).
 
 `settled` is the stopping rule the run stage asks after every round: a cell stops once every timed metric's
-interval lies inside +-min_effect/2 (no change worth a verdict) or wholly beyond +-min_effect (a change).
+interval lies inside +-min_effect/2 (no change worth a verdict) or wholly beyond +-min_effect (a change; at
+the Bonferroni level of the run's tests, so the change is then significant whatever else the run shows).
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from bench.analysis.ab.paired import MIN_ROUNDS_FOR_INTERVAL, paired
+from bench.analysis.ab.paired import paired
 from bench.analysis.compare.judging import MEM_ABS_FLOOR_BYTES
 from bench.analysis.compare.stats import bh_adjust
-from bench.schema import AB_SIDES, FAILED_STATUSES, METRICS, cell_label, is_memory
+from bench.schema import AB_SIDES, FAILED_STATUSES, METRICS, RECIPROCALS, cell_label, is_memory
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -110,7 +111,8 @@ class ABJudgement:
 
     @property
     def tests(self) -> int:
-        return sum(r.p is not None for r in self.results)
+        """The Benjamini-Hochberg family: timed metrics tested (a throughput twin is not a test of its own)."""
+        return sum(r.p is not None and r.metric not in RECIPROCALS for r in self.results)
 
     @property
     def regressed(self) -> bool:
@@ -199,7 +201,9 @@ def timed_verdict(cell: CellRounds, name: str) -> MetricVerdict:
         result.reason = f"{len(both)} round(s) with the metric on both sides; {MIN_ROUNDS} are needed"
         return result
     test = paired(np.log([n / b for b, n in both]))
-    result.ratio, result.low, result.high, result.p = test.ratio, test.ratio_low, test.ratio_high, test.p
+    result.ratio, result.p = test.ratio, test.p
+    if math.isfinite(test.low) and math.isfinite(test.high):  # 95 % needs 6 rounds
+        result.low, result.high = test.ratio_low, test.ratio_high
     return result
 
 
@@ -270,7 +274,7 @@ def judge(
         out.results += [timed_verdict(cell, name) for name in _timed_names(ok)]
         out.results += [memory_verdict(cell, name) for name in _memory_names(ok)]
         out.statuses += status_verdicts(cell)
-    tested = [r for r in out.results if r.p is not None]
+    tested = [r for r in out.results if r.p is not None and r.metric not in RECIPROCALS]
     for result, q in zip(tested, bh_adjust(np.array([r.p for r in tested])), strict=True):
         result.q = float(q)
         big = result.ratio is not None and abs(math.log(result.ratio)) >= math.log1p(min_effect)
@@ -278,26 +282,53 @@ def judge(
             result.verdict = "regression" if _worse(result) else "improvement"
         else:
             result.verdict = "no change"
+    mirror_reciprocals(out.results)
     return out
 
 
-def settled(records: list[dict[str, Any]], min_effect: float = DEFAULT_MIN_EFFECT) -> bool:
-    """True once this cell needs no more rounds: every timed metric's interval is inside +-min_effect/2 or
-    wholly beyond +-min_effect (never before MIN_ROUNDS_FOR_INTERVAL ok rounds: no 95 % interval exists)."""
-    cells = pair_rounds(records)
-    if len(cells) != 1:
+def mirror_reciprocals(results: list[MetricVerdict]) -> None:
+    """A throughput in RECIPROCALS takes its time's q and verdict: the same samples, inverted."""
+    times = {(r.cell_id, r.metric): r for r in results}
+    for result in results:
+        twin = times.get((result.cell_id, RECIPROCALS.get(result.metric, "")))
+        if twin is None or result.p is None:
+            continue
+        result.q = twin.q
+        result.verdict = twin.verdict
+        result.reason = f"the verdict of {twin.metric}, its reciprocal"
+
+
+def settled(
+    records: list[dict[str, Any]],
+    min_effect: float = DEFAULT_MIN_EFFECT,
+    alpha: float = DEFAULT_ALPHA,
+    cells: int = 1,
+) -> bool:
+    """True once this cell needs no more rounds: every timed metric is either equivalent (its 90 % interval
+    inside +-min_effect/2, as a two one-sided test at 5 %) or decided (its interval at the Bonferroni level
+    1 - alpha / tests, tests = this cell's timed metrics x `cells`, wholly beyond +-min_effect: then its q
+    is below alpha whatever the other cells show). A cell failing on a side in every round settles too."""
+    cell_rounds = pair_rounds(records)
+    if len(cell_rounds) != 1:
         return False
-    ok = _ok_pairs(cells[0])
-    if not ok and len(cells[0].pairs) >= 2:  # failing on a side every time: more rounds add nothing
+    cell = cell_rounds[0]
+    ok = _ok_pairs(cell)
+    if not ok and len(cell.pairs) >= 2:  # failing on a side every time: more rounds add nothing
         return True
-    if len(ok) < MIN_ROUNDS_FOR_INTERVAL:
+    names = [n for n in _timed_names(ok) if n not in RECIPROCALS]
+    if len(ok) < MIN_ROUNDS or not names:
         return False
     inside, beyond = math.log1p(min_effect / 2), math.log1p(min_effect)
-    for name in _timed_names(ok):
-        result = timed_verdict(cells[0], name)
-        if result.low is None or result.high is None:
+    decided_level = 1.0 - alpha / (len(names) * max(1, cells))
+    for name in names:
+        ratios = [(_value(b, name), _value(n, name)) for b, n in ok]
+        logs = np.log([n / b for b, n in ratios if b and n and b > 0 and n > 0])
+        if len(logs) < MIN_ROUNDS:
             return False
-        low, high = math.log(result.low), math.log(result.high)
-        if not (-inside < low and high < inside) and not (low > beyond or high < -beyond):
+        equivalent = paired(logs, level=0.90)
+        if -inside < equivalent.low and equivalent.high < inside:
+            continue
+        decided = paired(logs, level=decided_level)
+        if not (decided.low > beyond or decided.high < -beyond):
             return False
     return True

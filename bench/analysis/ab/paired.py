@@ -16,11 +16,9 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["MAX_EXACT", "MIN_ROUNDS_FOR_INTERVAL", "Paired", "paired", "signed_rank_cdf"]
+__all__ = ["MAX_EXACT", "Paired", "paired", "signed_rank_cdf"]
 
 MAX_EXACT = 64  # rounds beyond this are not taken (the exact table grows as n^3)
-# Below 6 rounds no signed-rank interval reaches 95 %: the interval is then the whole range of the ratios.
-MIN_ROUNDS_FOR_INTERVAL = 6
 
 
 @lru_cache(maxsize=MAX_EXACT + 1)
@@ -56,7 +54,8 @@ class Paired:
 
     n: int  # rounds with a value on both sides
     estimate: float  # Hodges-Lehmann: the median of the Walsh averages of the log-ratios
-    low: float  # the signed-rank interval at `level` (the whole range below MIN_ROUNDS_FOR_INTERVAL)
+    low: float  # the signed-rank interval at `level`; -inf, inf when too few rounds reach that level
+    # (95 % needs 6 rounds, 90 % needs 5: with fewer, even the whole range covers less)
     high: float
     p: float  # two-sided exact signed-rank p (1.0 when every ratio is exactly 1)
 
@@ -94,8 +93,8 @@ def _interval(walsh: np.ndarray, n: int, level: float) -> tuple[float, float]:
     cdf = signed_rank_cdf(n)
     alpha = (1.0 - level) / 2.0
     k = int(np.searchsorted(cdf, alpha, side="right"))  # P(T+ <= k-1) <= alpha < P(T+ <= k)
-    if k < 1:  # too few rounds for this level: the whole range
-        return float(walsh[0]), float(walsh[-1])
+    if k < 1:  # too few rounds for this level: no interval says anything
+        return -math.inf, math.inf
     return float(walsh[k - 1]), float(walsh[len(walsh) - k])
 
 

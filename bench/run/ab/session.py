@@ -41,18 +41,19 @@ ANSWER_MARGIN_S = 60.0  # beyond a cell's own timeout, which the side's runner e
 class ABRequest:
     spec: MatrixSpec
     sides: tuple[SideSpec, SideSpec]  # base, new
-    rounds: int = 12  # at most, per cell
+    rounds: int = 10  # at most, per cell
     seed: int | None = None  # None: drawn, and recorded
     out: Path | None = None
     resume: bool = False
     timeout_s: float | None = None
-    budget_s: float = 0.05  # sampling seconds per metric per round
+    budget_s: float = 0.03  # sampling seconds per metric per round
     min_samples: int = 3  # samples per metric per round, at least
     quality: bool = True  # the quality pass, in each side's first round only
     fit_check: bool = True
     online: bool = False
-    # Called with a cell's records so far (both sides, every round): True once its verdict is decided.
-    settled: Callable[[list[dict[str, Any]]], bool] = lambda records: False
+    # Called with a cell's records so far (both sides, every round) and the number of cells measured:
+    # True once the cell's verdict is decided.
+    settled: Callable[[list[dict[str, Any]], int], bool] = lambda records, cells: False
     judgement: dict[str, Any] = field(default_factory=dict)  # the caller's settings, kept in run.json
 
 
@@ -224,7 +225,7 @@ def run_rounds(
     active = [c.cell_id for c in runnable]
     for round_no in range(1, request.rounds + 1):
         by_cell = cell_records(store)
-        active = [cid for cid in active if not request.settled(by_cell.get(cid, []))]
+        active = [cid for cid in active if not request.settled(by_cell.get(cid, []), len(runnable))]
         if not active:
             break
         begun = time.perf_counter()
