@@ -1,6 +1,6 @@
 """`loadbench estimate`: predicted peak memory of every knob combination of an architecture (runs nothing).
 
-The rows come from bench.plan.estimate_table; this module adds the flags and prints them with rich.
+The rows come from bench.plan.estimate.table; this module adds the flags and prints them with rich.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "estimate",
         help="predict peak memory per phase for every combination of knobs (runs nothing)",
-        description="Predicted peak memory (bench/estimate.py) of every dtype × quantization × attention "
+        description="Predicted peak memory (bench/plan/estimate/) of every dtype × quantization × attention "
         "(× checkpointing for training) combination of an architecture, marked by whether it fits.",
     )
     p.add_argument(
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from bench.plan.estimate_table import arch_for, estimate_table  # here: every command imports this module
+    from bench.plan.estimate.table import arch_for, estimate_table  # here: every command imports this module
 
     header, rows, title = estimate_table(args)
     table = Table(title=title)
