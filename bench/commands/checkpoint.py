@@ -13,9 +13,7 @@ __all__ = ["register", "run"]
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add `loadbench checkpoint [--arch A] [--out DIR] [--dtype D] [--seed N] [--list]`."""
-    p = subparsers.add_parser(
-        "checkpoint", help="build a synthetic checkpoint (random weights, local tokenizer)"
-    )
+    p = subparsers.add_parser("checkpoint", help="build a synthetic checkpoint (random weights, a tokenizer)")
     p.add_argument("--arch", default="tiny-llama", help="architecture preset (see --list)")
     p.add_argument("--out", default=None, help="output directory (default: the cache)")
     p.add_argument("--dtype", default=None, help="weights dtype (default: the preset's)")

@@ -19,7 +19,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add `loadbench estimate` to the CLI's subparsers (bench.cli.build_parser)."""
     p = subparsers.add_parser(
         "estimate",
-        help="predict peak memory per phase for every combination of knobs (runs nothing)",
+        help="predict each knob combination's peak memory; runs nothing",
         description="Predicted peak memory (bench/plan/estimate/) of every dtype × quantization × attention "
         "(× checkpointing for training) combination of an architecture, marked by whether it fits.",
     )

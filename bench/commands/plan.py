@@ -148,7 +148,7 @@ def load_spec(args: argparse.Namespace) -> Any:
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add `loadbench plan [SPEC] [overrides]`."""
-    p = subparsers.add_parser("plan", help="list the cells a run would measure, and why any are skipped")
+    p = subparsers.add_parser("plan", help="the cells a run would measure, and why any are skipped")
     add_spec_args(p)
     p.set_defaults(func=run)
     return p
