@@ -24,7 +24,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "(× checkpointing for training) combination of an architecture, marked by whether it fits.",
     )
     p.add_argument(
-        "--arch", default="qwen2.5-1.5b", help="architecture preset, checkpoint dir or config.json"
+        "--arch",
+        default="qwen2.5-1.5b",
+        help="architecture preset, checkpoint dir or config.json (default %(default)s)",
     )
     p.add_argument(
         "--model",
@@ -32,23 +34,51 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--revision", help="hub revision of --model (default: main)")
     p.add_argument("--online", action="store_true", help="allow fetching --model's config.json from the hub")
-    p.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true")
+    p.add_argument(
+        "--trust-remote-code",
+        dest="trust_remote_code",
+        action="store_true",
+        help="allow a config with custom code (auto_map); never implied",
+    )
     p.add_argument(
         "--vram",
         type=argtype(parse_size, "--vram"),
         default=None,
         help="memory to fit in, with a unit, e.g. 24GiB (default: no fit column)",
     )
-    p.add_argument("--task", choices=("train", "infer"), default="train")
-    p.add_argument("--preset", default="gpu", help="matrix preset whose axes and shape are the defaults")
-    p.add_argument("--batch", type=argtype(positive_int, "--batch"))
-    p.add_argument("--seq", type=argtype(positive_int, "--seq"))
-    p.add_argument("--new-tokens", dest="new_tokens", type=argtype(positive_int, "--new-tokens"))
+    p.add_argument(
+        "--task",
+        choices=("train", "infer"),
+        default="train",
+        help="train: the load and train-step peaks; infer: load, prefill, decode (default %(default)s)",
+    )
+    p.add_argument(
+        "--preset",
+        default="gpu",
+        help="matrix preset whose axes and shape are the defaults (default %(default)s)",
+    )
+    p.add_argument(
+        "--batch", type=argtype(positive_int, "--batch"), help="sequences per batch (default: the preset's)"
+    )
+    p.add_argument(
+        "--seq", type=argtype(positive_int, "--seq"), help="tokens per sequence (default: the preset's)"
+    )
+    p.add_argument(
+        "--new-tokens",
+        dest="new_tokens",
+        type=argtype(positive_int, "--new-tokens"),
+        help="tokens decode generates per sequence (default: the preset's)",
+    )
     p.add_argument("--dtype", help="comma list (default: the preset's)")
     p.add_argument("--quant", help="comma list (default: the preset's)")
     p.add_argument("--attn", help="comma list (default: the preset's)")
     p.add_argument("--grad-ckpt", dest="grad_ckpt", help="comma list of off,on (train only)")
-    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    p.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default="cuda",
+        help="cuda: peaks include the CUDA context; cpu: tensors only (default %(default)s)",
+    )
     p.set_defaults(func=run)
     return p
 

@@ -48,7 +48,7 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument("dir", metavar="DIR", help="a run directory")
-    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--format", required=True, choices=FORMATS, help="the tool whose JSON to write")
     parser.add_argument(
         "--out", metavar="FILE", help="output file (pytest-benchmark) or prefix (github-action-benchmark)"
     )

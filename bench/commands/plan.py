@@ -71,9 +71,18 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
         "--cache", dest="use_cache", help="comma list: auto,on,off (auto: off under checkpointing)"
     )
     p.add_argument("--workloads", help="comma list: prefill,train,decode")
-    p.add_argument("--batch", type=argtype(positive_int, "--batch"))
-    p.add_argument("--seq", type=argtype(positive_int, "--seq"))
-    p.add_argument("--new-tokens", dest="new_tokens", type=argtype(positive_int, "--new-tokens"))
+    p.add_argument(
+        "--batch", type=argtype(positive_int, "--batch"), help="sequences per batch (default: the spec's)"
+    )
+    p.add_argument(
+        "--seq", type=argtype(positive_int, "--seq"), help="tokens per sequence (default: the spec's)"
+    )
+    p.add_argument(
+        "--new-tokens",
+        dest="new_tokens",
+        type=argtype(positive_int, "--new-tokens"),
+        help="tokens decode generates per sequence (default: the spec's)",
+    )
     p.add_argument(
         "--threads",
         type=argtype(positive_int, "--threads"),
