@@ -56,7 +56,7 @@ def perf(session: nox.Session) -> None:
     """Benchmarks (pytest-benchmark): targets live here, not in timed unit tests.
 
     tests/perf/test_accounting_perf.py prints the 4-cell sweep's time accounting and, with LOADBENCH_OB_PYTHON
-    pointing at a venv that has optimum-benchmark==0.6.0, the ratio to it (README, "Against optimum-benchmark").
+    pointing at a venv that has optimum-benchmark==0.6.0, the ratio to it (docs/architecture.md, "Against optimum-benchmark").
     """
     _install(session)
     session.run(

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The memory estimate's error on a run: estimate / measured - 1 per phase, as every record stores it.
 
-The README's claim about the estimate's accuracy is this script's output on a default run of this machine:
+docs/what-fits.md's figures for the estimate's accuracy are this script's output on default runs:
 
     loadbench run --out runs/default && python scripts/estimate_error.py runs/default
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """How long the warm template takes to start, with the collector paused while it imports (as `loadbench
-run` starts it: bench.run.template_start / template_ready) and without, in alternating fresh processes.
+run` starts it: bench.run.template.gc_pause / gc_freeze) and without, in alternating fresh processes.
 
     python scripts/template_start.py --pairs 4
 """

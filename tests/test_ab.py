@@ -167,3 +167,16 @@ def test_ctrl_c_keeps_the_records_stops_both_sides_and_resume_finishes(tmp_path:
     assert sorted((r["ab.round"], r["side"]) for r in final) == [
         (r, s) for r in range(1, 7) for s in ("base", "new")
     ]
+
+
+def test_a_cell_that_fails_on_the_new_side_is_a_regression_and_stops_taking_rounds(tmp_path: Path) -> None:
+    out = tmp_path / "fails"
+    faults = json.dumps({"float32/none/sdpa/no-ckpt/cache-auto": "raise"})
+    code, stdout, stderr = run_ab(
+        ab_args(out, "--rounds", "6", "--new-env", f"LOADBENCH_TEST_FAULTS={faults}")
+    )
+    assert code == 1, stderr[-3000:]
+    assert "### Regressions (2)" in stdout and "| ok | error | RuntimeError: injected failure |" in stdout
+    records = side_records(out)
+    assert {r["ab.round"] for r in records} == {1, 2}  # failing every round: settled after two
+    assert {(r["side"], r["status"]) for r in records} == {("base", "ok"), ("new", "error")}

@@ -37,7 +37,7 @@ from bench.plan.estimate import (
     estimate_table,
     weight_bytes,
 )
-from bench.plan.estimate_terms import saved_per_token_layer
+from bench.plan.estimate.terms import saved_per_token_layer
 from bench.plan.matrix import Cell, Shape
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,8 +8,8 @@ import pytest
 
 from bench.cli import main
 from bench.measure.derived import matmul_params
-from bench.plan.estimate_arch import arch_from_config
-from bench.plan.estimate_terms import weight_bytes
+from bench.plan.estimate.arch import arch_from_config
+from bench.plan.estimate.terms import weight_bytes
 from tests.hf_cache import TINY_CONFIGS, add_snapshot
 
 MIXTRAL = {

@@ -9,12 +9,15 @@ package's `__init__` is a module of its own. The stages, first to last:
     -> bench.cli, bench.pytest_plugin, bench.pytest_matrix
 
 A module may import its own stage and earlier ones only; loader imports nothing of bench; no import cycle
-between any two modules (also within a stage); no module over MAX_LINES lines.
+between any two modules (also within a stage); no module over MAX_LINES lines; a package of more than
+MAX_UNNAMED modules (sub-packages' included) names its sub-stages: its `__init__` docstring names every
+module and sub-package it holds directly, so a newcomer sees the groups before opening a file.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
@@ -24,6 +27,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("loader", "bench")
 MAX_LINES = 500
+MAX_UNNAMED = 15
 
 LEAVES = ("bench", "bench.schema", "bench.errors", "bench.fileio", "bench.units", "loader")
 # (stage name, module-name prefixes), first to last.
@@ -207,6 +211,33 @@ def test_no_module_over_the_line_limit() -> None:
     assert not long, f"modules over {MAX_LINES} lines (split them by what they hold): {long}"
 
 
+def unnamed_sub_stages(root: Path, packages: Iterable[str] = PACKAGES) -> dict[str, list[str]]:
+    """Package -> the modules and sub-packages it holds directly that its `__init__` docstring does not
+    name, for every package of more than MAX_UNNAMED modules."""
+    modules = module_files(root, packages)
+    missing: dict[str, list[str]] = {}
+    for package, path in modules.items():
+        if path.name != "__init__.py":
+            continue
+        inside = [m for m in modules if m.startswith(package + ".")]
+        if len(inside) <= MAX_UNNAMED:
+            continue
+        children = sorted({m[len(package) + 1 :].split(".")[0] for m in inside})
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        unnamed = [c for c in children if not re.search(rf"(?<![\w.]){re.escape(c)}(?![\w])", doc)]
+        if unnamed:
+            missing[package] = unnamed
+    return missing
+
+
+def test_big_packages_name_their_sub_stages() -> None:
+    missing = unnamed_sub_stages(ROOT)
+    assert not missing, (
+        f"packages of more than {MAX_UNNAMED} modules whose __init__ docstring does not name these "
+        f"(group them there by sub-stage, or move a group into a sub-package): {missing}"
+    )
+
+
 # --- the checker itself ------------------------------------------------------------------------------------
 
 
@@ -247,6 +278,21 @@ def test_cycles_within_a_stage_and_through_a_package_init() -> None:
     graph = {"bench.plan": {"bench.plan.a"}, "bench.plan.a": {"bench.plan"}, "bench.plan.b": set()}
     assert cycles(graph) == [["bench.plan", "bench.plan.a"]]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_sub_stage_rule_counts_nested_modules_and_reads_the_docstring(tmp_path: Path) -> None:
+    files = {"bench/__init__.py": '"""run"""', "bench/run/sub/__init__.py": ""}
+    files |= {f"bench/run/m{i}.py": "" for i in range(MAX_UNNAMED - 1)}
+    files["bench/run/__init__.py"] = '"""run: m0 m1"""'
+    root = _tree(tmp_path, files)
+    assert unnamed_sub_stages(root, ("bench",)) == {}  # exactly MAX_UNNAMED modules: nothing asked
+    _tree(root, {"bench/run/sub/leaf.py": ""})  # one more, inside a sub-package, counts
+    expected = [f"m{i}" for i in range(2, MAX_UNNAMED - 1)] + ["sub"]
+    assert unnamed_sub_stages(root, ("bench",)) == {"bench.run": sorted(expected)}
+    _tree(root, {"bench/run/__init__.py": '"""' + " ".join(f"m{i}" for i in range(20)) + '\nsub: leaf"""'})
+    assert unnamed_sub_stages(root, ("bench",)) == {}
+    _tree(root, {"bench/run/__init__.py": '"""m10 m11 m12"""'})  # "m1" inside "m10" is not a name of m1
+    assert "m1" in unnamed_sub_stages(root, ("bench",))["bench.run"]
 
 
 @pytest.mark.parametrize(

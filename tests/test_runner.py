@@ -95,7 +95,7 @@ def _collector_state(conn) -> None:
 
 
 def test_cells_fork_from_a_frozen_template_with_the_collector_on() -> None:
-    # the template pauses the collector while it imports (bench.run.template_start); a cell must find it
+    # the template pauses the collector while it imports (bench.run.template.gc_pause); a cell must find it
     # running again, with the template's objects frozen so that no collection of the cell walks them
     from bench.run.node import begin_template, start_template, template_modules
 

@@ -59,7 +59,7 @@ def register(sub: Any) -> None:
     """Add the `ab` subcommand."""
     p = sub.add_parser(
         "ab",
-        help="measure base and new interleaved in one run and judge them pairwise (a CI regression gate)",
+        help="a CI gate: base and new interleaved, judged pairwise",
         description=__doc__,
     )
     p.add_argument("--base", required=True, type=interpreter, help="the base side's Python interpreter")

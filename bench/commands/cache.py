@@ -75,10 +75,10 @@ def entries(root: Path) -> list[Entry]:
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add `loadbench cache list|clean`."""
-    p = subparsers.add_parser(
-        "cache", help="list or free loadbench's cache (random-weight checkpoints, references)"
+    p = subparsers.add_parser("cache", help="list or free loadbench's own cache (checkpoints, references)")
+    p.add_argument(
+        "action", choices=("list", "clean"), help="list: entries with sizes and ages; clean: remove them"
     )
-    p.add_argument("action", choices=("list", "clean"))
     p.add_argument("--older-than", dest="older_than", help="clean only entries older than this, e.g. 7d, 12h")
     p.set_defaults(func=run)
     return p

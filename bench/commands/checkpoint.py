@@ -13,13 +13,11 @@ __all__ = ["register", "run"]
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add `loadbench checkpoint [--arch A] [--out DIR] [--dtype D] [--seed N] [--list]`."""
-    p = subparsers.add_parser(
-        "checkpoint", help="build a synthetic checkpoint (random weights, local tokenizer)"
-    )
+    p = subparsers.add_parser("checkpoint", help="build a synthetic checkpoint (random weights, a tokenizer)")
     p.add_argument("--arch", default="tiny-llama", help="architecture preset (see --list)")
     p.add_argument("--out", default=None, help="output directory (default: the cache)")
     p.add_argument("--dtype", default=None, help="weights dtype (default: the preset's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default %(default)s)")
     p.add_argument("--list", action="store_true", help="list architecture presets")
     p.set_defaults(func=run)
     return p

@@ -108,7 +108,7 @@ def register(subparsers: Any) -> None:
     """Add `compare` to the loadbench subcommands (argparse subparsers); func returns the exit code."""
     p = subparsers.add_parser(
         "compare",
-        help="regression verdicts between two runs; exit 1 on a significant regression",
+        help="regression verdicts of two runs; exit 1 on a regression",
         description=(
             "Judge every timed metric of NEW against BASE from their samples (Mann-Whitney U, "
             "Benjamini-Hochberg, minimum effect). Exit 0: no significant regression; 1: at least one; "

@@ -14,7 +14,7 @@ __all__ = ["register", "run"]
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add `loadbench env [--json]`."""
     p = subparsers.add_parser("env", help="what this host can run, and why not")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the host facts and knob reasons as JSON")
     p.set_defaults(func=run)
     return p
 

@@ -39,7 +39,7 @@ def register(subparsers: Any) -> None:
     """Add `loadbench export DIR --format pytest-benchmark|github-action-benchmark [--out FILE]`."""
     parser = subparsers.add_parser(
         "export",
-        help="write a run in pytest-benchmark or github-action-benchmark JSON",
+        help="a run as pytest-benchmark or github-action-benchmark JSON",
         description=(
             "pytest-benchmark: one JSON file that `pytest-benchmark compare` reads (--out FILE, default "
             "DIR/pytest-benchmark.json). github-action-benchmark: two files, PREFIX.bigger.json for "
@@ -48,7 +48,7 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument("dir", metavar="DIR", help="a run directory")
-    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--format", required=True, choices=FORMATS, help="the tool whose JSON to write")
     parser.add_argument(
         "--out", metavar="FILE", help="output file (pytest-benchmark) or prefix (github-action-benchmark)"
     )

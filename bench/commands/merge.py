@@ -13,8 +13,8 @@ __all__ = ["register", "run"]
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add `loadbench merge DIR... --out DIR`."""
     p = subparsers.add_parser("merge", help="join shard run directories into one")
-    p.add_argument("dirs", nargs="+")
-    p.add_argument("--out", required=True)
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="shard run directories of one spec")
+    p.add_argument("--out", required=True, metavar="DIR", help="a new or empty directory for the merged run")
     p.set_defaults(func=run)
     return p
 

@@ -71,9 +71,18 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
         "--cache", dest="use_cache", help="comma list: auto,on,off (auto: off under checkpointing)"
     )
     p.add_argument("--workloads", help="comma list: prefill,train,decode")
-    p.add_argument("--batch", type=argtype(positive_int, "--batch"))
-    p.add_argument("--seq", type=argtype(positive_int, "--seq"))
-    p.add_argument("--new-tokens", dest="new_tokens", type=argtype(positive_int, "--new-tokens"))
+    p.add_argument(
+        "--batch", type=argtype(positive_int, "--batch"), help="sequences per batch (default: the spec's)"
+    )
+    p.add_argument(
+        "--seq", type=argtype(positive_int, "--seq"), help="tokens per sequence (default: the spec's)"
+    )
+    p.add_argument(
+        "--new-tokens",
+        dest="new_tokens",
+        type=argtype(positive_int, "--new-tokens"),
+        help="tokens decode generates per sequence (default: the spec's)",
+    )
     p.add_argument(
         "--threads",
         type=argtype(positive_int, "--threads"),
@@ -148,7 +157,7 @@ def load_spec(args: argparse.Namespace) -> Any:
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add `loadbench plan [SPEC] [overrides]`."""
-    p = subparsers.add_parser("plan", help="list the cells a run would measure, and why any are skipped")
+    p = subparsers.add_parser("plan", help="the cells a run would measure, and why any are skipped")
     add_spec_args(p)
     p.set_defaults(func=run)
     return p

@@ -41,7 +41,7 @@ def register(subparsers: Any) -> None:
     """Add `loadbench report DIR [--out DIR]`."""
     parser = subparsers.add_parser(
         "report",
-        help="render tables and plots of a run directory (Parquet, CSV, Markdown, HTML)",
+        help="render a run directory's tables and plots again",
         description="Write records.parquet, records.csv, report.md and report.html for a run directory.",
     )
     parser.add_argument("dir", metavar="DIR", help="a run directory (holds run.json and records.jsonl)")

@@ -44,7 +44,7 @@ def datasheet_peak(gpu_name: str) -> tuple[float, float] | None:
 def matmul_params(config: Mapping[str, Any]) -> int:
     """N: parameters that take part in a matrix multiply per token (decoder layers + LM head); in a
     mixture of experts only the top-k routed experts (and the router) count."""
-    from bench.plan.estimate_arch import arch_from_config
+    from bench.plan.estimate.arch import arch_from_config
 
     return arch_from_config(config).active_matmul_params
 

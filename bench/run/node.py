@@ -28,11 +28,11 @@ from bench.plan.checkpoints import cache_root
 from bench.plan.models import materialize, resolve
 from bench.run.messages import CalibrationTask, DriftTask, ProbeAnswer, ReferenceTask, Task
 
-TEMPLATE_MODULES = ["bench.run.template"]  # torch, transformers, peft, bitsandbytes; never CUDA
-BASE_TEMPLATE_MODULES = ["bench.run.template_base"]  # torch, transformers, the cell body: no k-bit cells
+TEMPLATE_MODULES = ["bench.run.template.kbit"]  # torch, transformers, peft, bitsandbytes; never CUDA
+BASE_TEMPLATE_MODULES = ["bench.run.template.base"]  # torch, transformers, the cell body: no k-bit cells
 # Around either template: the collector paused while it imports, then its objects frozen (the first and
 # the last module the forkserver imports; it skips a module that fails to import and goes on to the next).
-TEMPLATE_FIRST, TEMPLATE_LAST = "bench.run.template_start", "bench.run.template_ready"
+TEMPLATE_FIRST, TEMPLATE_LAST = "bench.run.template.gc_pause", "bench.run.template.gc_freeze"
 
 
 def template_modules(quant: tuple[str, ...] | list[str]) -> list[str]:
@@ -50,7 +50,7 @@ def worker_environment() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-# Where the template sends what libraries print on import; bench.run.template_io reads the same name.
+# Where the template sends what libraries print on import; bench.run.template.quiet reads the same name.
 TEMPLATE_LOG_ENV = "LOADBENCH_TEMPLATE_LOG"
 _TEMPLATE_BEGUN: dict[str, float] = {}  # "at": perf_counter() when the template last began starting
 _TEMPLATE_PRELOAD: list[str] = []  # what the running forkserver preloaded ([] while none runs)
@@ -62,7 +62,7 @@ def begin_template(modules: list[str] | None = None) -> None:
     forkserver is the process's: once running, later runs in this process reuse it, unless it is the light
     one and this run needs the full one (then it is restarted, so k-bit cells never import bitsandbytes
     inside their timeout). `modules` None: whatever runs, else the full template. What libraries print
-    while the template imports goes to a temporary log (bench.run.template_io), which start_template
+    while the template imports goes to a temporary log (bench.run.template.quiet), which start_template
     copies into the run's logs."""
     worker_environment()
     running = list(_TEMPLATE_PRELOAD)

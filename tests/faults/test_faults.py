@@ -1,4 +1,4 @@
-"""Issue 12's faults, injected into real `loadbench run` processes (tiny model, CPU). README "Reliability".
+"""Issue 12's faults, injected into real `loadbench run` processes (tiny model, CPU). docs/reliability.md.
 
 Run: `python -m pytest -q tests/faults -m "slow or not slow"`. Every test here starts runner processes,
 so all are slow-marked; each asserts what it injects breaks nothing: no finished record lost or duplicated,

@@ -66,7 +66,7 @@ def optimum_benchmark_python() -> tuple[str | None, str]:
         return sys.executable, "this interpreter"
     return None, (
         "optimum-benchmark is not installed here and LOADBENCH_OB_PYTHON is not set, so there is no ratio "
-        "(README, 'Against optimum-benchmark': a separate venv with optimum-benchmark==0.6.0)"
+        "(docs/architecture.md, 'Against optimum-benchmark': a separate venv with optimum-benchmark==0.6.0)"
     )
 
 

@@ -1,7 +1,7 @@
 """Two real runs of identical code, compared: the A/A that a gate on this machine must pass.
 
 A benchmark, not a unit test: its verdict measures the machine as much as the code. On a shared VM one
-cell moves 5-16 % between runs and a few by 25-60 % (README, "What compare can see"), so this can fail
+cell moves 5-16 % between runs and a few by 25-60 % (docs/statistics.md, "What it can see: real runs"), so this can fail
 there while compare is right; the unit tests of the rule are in tests/test_compare_spread.py. 12 cells
 (dtype x quant x attn, prefill only) so compare can estimate each metric's run-to-run spread.
 """

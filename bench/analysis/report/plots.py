@@ -20,7 +20,7 @@ from bench.schema import WORKLOADS
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["Plot", "all_plots", "knob_plot", "pareto_front", "scatter_plot"]
+__all__ = ["Plot", "all_plots", "knob_figure", "knob_plot", "pareto_front", "scatter_figure", "scatter_plot"]
 
 # Scatter plots with more points than this embed their points as a PNG inside the SVG: same picture,
 # a fraction of the bytes and the time.
@@ -152,6 +152,12 @@ def _draw_scatter(ax: Any, data: Scatter) -> None:
 
 def scatter_plot(view: View) -> Plot | None:
     """Peak memory against median tok/s, one panel per workload, the Pareto front marked."""
+    drawn = scatter_figure(view)
+    return None if drawn is None else Plot(drawn[1], svg_text(drawn[0], "scatter"))
+
+
+def scatter_figure(view: View) -> tuple[Figure, str] | None:
+    """The scatter plot's figure and caption (the report embeds it as SVG; scripts save it as PNG)."""
     panels = [d for d in (scatter_data(view, w) for w in WORKLOADS) if d is not None]
     if not panels:
         return None
@@ -167,7 +173,7 @@ def scatter_plot(view: View) -> Plot | None:
         f"memory, {d.memory_column}, and is faster)."
         for d in panels
     )
-    return Plot(caption, svg_text(fig, "scatter"))
+    return fig, caption
 
 
 def knob_medians(view: View, knob: str, workload: str) -> list[tuple[str, float]]:
@@ -181,6 +187,12 @@ def knob_medians(view: View, knob: str, workload: str) -> list[tuple[str, float]
 
 def knob_plot(view: View) -> Plot | None:
     """Median tok/s per value of every varying knob, one panel per workload: which value of a knob pays."""
+    drawn = knob_figure(view)
+    return None if drawn is None else Plot(drawn[1], svg_text(drawn[0], "knobs"))
+
+
+def knob_figure(view: View) -> tuple[Figure, str] | None:
+    """The per-knob bars' figure and caption."""
     panels = []
     for workload in WORKLOADS:
         bars = [
@@ -211,7 +223,7 @@ def knob_plot(view: View) -> Plot | None:
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle("median tok/s by knob value", fontsize=11)
     caption = f"Median tok/s of the ok cells grouped by each knob that varies ({', '.join(view.varying)})."
-    return Plot(caption, svg_text(fig, "knobs"))
+    return fig, caption
 
 
 def all_plots(view: View) -> list[Plot]:

@@ -58,9 +58,9 @@ Returned per phase: `mem.<phase>.estimate_bytes` (what the process needs: tensor
 baseline RSS + tensors on the CPU) and `mem.<phase>.estimate_tensor_bytes` (the torch allocator's
 view: comparable with `torch_allocated_bytes` peaks on CUDA, RSS growth on the CPU).
 
-The code: bench.plan.estimate_arch (the shapes), estimate_terms (the terms above), estimate_phases
-(their sums per phase, and the fixed costs) and estimate_table (the `loadbench estimate` rows). This
-module applies the model to cells and records, and its names are the ones callers import.
+The package: `arch` (the shapes), `terms` (the terms above), `phases` (their sums per phase, and the
+fixed costs) and `table` (the `loadbench estimate` rows). This entry module applies the model to cells
+and records, and its names are the ones callers import.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bench.plan.estimate_arch import DTYPE_BYTES, LORA_RANK, Arch, arch_from_config, config_for
-from bench.plan.estimate_phases import (
+from bench.plan.estimate.arch import DTYPE_BYTES, LORA_RANK, Arch, arch_from_config, config_for
+from bench.plan.estimate.phases import (
     CPU_RUNTIME_BYTES,
     CUBLAS_WORKSPACE_BYTES,
     CUDA_CONTEXT_BYTES,
@@ -77,8 +77,8 @@ from bench.plan.estimate_phases import (
     breakdown,
     estimate,
 )
-from bench.plan.estimate_table import estimate_table
-from bench.plan.estimate_terms import attention_backend, weight_bytes
+from bench.plan.estimate.table import estimate_table
+from bench.plan.estimate.terms import attention_backend, weight_bytes
 from bench.schema import PHASES
 
 __all__ = [

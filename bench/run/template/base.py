@@ -2,14 +2,14 @@
 and the cell body itself (bench.measure.cell), never a CUDA context. A cell then starts with nothing
 left to import, and its RSS growth is its own tensors, not shared code.
 
-Quantized cells need bitsandbytes and peft as well: bench.run.template adds them (under its CUDA
+Quantized cells need bitsandbytes and peft as well: bench.run.template.kbit adds them (under its CUDA
 capability patch) for runs that have such cells.
 """
 
 from __future__ import annotations
 
 # isort: off
-import bench.run.template_io  # noqa: F401  (first: quiet output and a thread-safe tqdm)
+import bench.run.template.quiet  # noqa: F401  (first: quiet output and a thread-safe tqdm)
 
 # isort: on
 import contextlib

@@ -1,4 +1,4 @@
-"""The warm template for runs with quantized cells: the base template (bench.run.template_base: torch,
+"""The warm template for runs with quantized cells: the base template (bench.run.template.base: torch,
 transformers, the cell body) plus bitsandbytes and peft, and never a CUDA context (a forked child cannot
 use CUDA its parent initialised). Runs without quantized cells use the base template alone: importing
 bitsandbytes and peft there is seconds of start-up no cell of theirs needs.
@@ -13,7 +13,7 @@ peft imports bitsandbytes as well, so it is imported only after that.
 from __future__ import annotations
 
 # isort: off
-import bench.run.template_io  # first: quiet output and a thread-safe tqdm
+import bench.run.template.quiet  # first: quiet output and a thread-safe tqdm
 
 # isort: on
 import contextlib
@@ -69,4 +69,4 @@ with contextlib.suppress(ImportError):  # another peft layout: a cell imports it
     import peft.tuners.lora  # noqa: F401
 
 # Last, as before the split: model code and the cell body, after bitsandbytes is imported under the patch.
-import bench.run.template_base  # noqa: E402,F401
+import bench.run.template.base  # noqa: E402,F401

@@ -1,14 +1,14 @@
 """The estimate's terms: bytes of weights, attention, one forward's peak and what autograd saves.
 
 Each function follows what the code that runs a cell does (see bench.plan.estimate for the model);
-bench.plan.estimate_phases adds the terms up per phase.
+bench.plan.estimate.phases adds the terms up per phase.
 """
 
 from __future__ import annotations
 
 import math
 
-from bench.plan.estimate_arch import DTYPE_BYTES, LORA_RANK, Arch
+from bench.plan.estimate.arch import DTYPE_BYTES, LORA_RANK, Arch
 
 __all__ = [
     "attention_backend",

@@ -10,8 +10,8 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from bench.plan.estimate_arch import Arch, arch_from_config, config_for
-from bench.plan.estimate_phases import breakdown
+from bench.plan.estimate.arch import Arch, arch_from_config, config_for
+from bench.plan.estimate.phases import breakdown
 from bench.plan.spec import load_preset
 from bench.units import fmt_bytes, parse_size
 

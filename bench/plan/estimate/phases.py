@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.plan.estimate_arch import DTYPE_BYTES, LORA_RANK, Arch, arch_from_config
-from bench.plan.estimate_terms import (
+from bench.plan.estimate.arch import DTYPE_BYTES, LORA_RANK, Arch, arch_from_config
+from bench.plan.estimate.terms import (
     attention_backend,
     forward_peak,
     int8_kept_per_token_layer,
