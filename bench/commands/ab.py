@@ -45,13 +45,17 @@ def rounds(text: str, flag: str = "--rounds") -> int:
     return value
 
 
-def interpreter(text: str) -> str:
-    """--base / --new: a Python interpreter (a path, or a name on PATH such as python3)."""
+def interpreter(text: str, flag: str) -> str:
+    """--base / --new: a Python interpreter (a path, or a name on PATH such as python3), checked when the
+    command runs (the parser accepts any text, so documented commands parse on any machine)."""
     import shutil
 
     found = text if os.sep in text else shutil.which(text)
     if found is None or not os.access(found, os.X_OK) or Path(found).is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is not an executable Python interpreter")
+        raise SpecError(
+            f"{flag} {text!r} is not an executable Python interpreter; give one that has loadbench installed "
+            "(a venv's bin/python, or python3)."
+        )
     return found
 
 
@@ -62,8 +66,8 @@ def register(sub: Any) -> None:
         help="a CI gate: base and new interleaved, judged pairwise",
         description=__doc__,
     )
-    p.add_argument("--base", required=True, type=interpreter, help="the base side's Python interpreter")
-    p.add_argument("--new", required=True, type=interpreter, help="the new side's Python interpreter")
+    p.add_argument("--base", required=True, help="the base side's Python interpreter (with loadbench)")
+    p.add_argument("--new", required=True, help="the new side's Python interpreter (with loadbench)")
     p.add_argument(
         "--base-env", action="append", type=env_pair, default=[], metavar="K=V", help="a variable for base"
     )
@@ -118,13 +122,14 @@ def run_ab_command(args: argparse.Namespace) -> int:
     from bench.run.ab.session import ABRequest, run_ab
     from bench.run.ab.sides import SideSpec
 
+    base, new = interpreter(args.base, "--base"), interpreter(args.new, "--new")
     spec = load_spec(args)
     min_effect, alpha = args.min_effect, args.alpha
     request = ABRequest(
         spec=spec,
         sides=(
-            SideSpec("base", args.base, tuple(args.base_env)),
-            SideSpec("new", args.new, tuple(args.new_env)),
+            SideSpec("base", base, tuple(args.base_env)),
+            SideSpec("new", new, tuple(args.new_env)),
         ),
         rounds=args.rounds,
         seed=args.seed,
