@@ -31,6 +31,7 @@ from bench.analysis.compare import (
     render_json,
     render_markdown,
 )
+from bench.cli import build_parser
 from bench.commands.compare import main, register
 from bench.run.store import RunStore
 
@@ -562,19 +563,37 @@ def test_workflows_are_valid_yaml_and_run_what_they_promise() -> None:
     assert "ruff check" in scripts and "python -m pytest -q" in scripts
 
     gpu = _workflow("gpu-bench.yml")
-    (job,) = gpu["jobs"].values()
+    job = gpu["jobs"]["ab"]  # a pull request: base against head, interleaved, on one GPU
     assert job["runs-on"] == ["self-hosted", "gpu"]
+    assert "head.repo.full_name == github.repository" in job["if"]  # never code from forks
+    refs = [
+        s.get("with", {}).get("ref")
+        for s in job["steps"]
+        if str(s.get("uses", "")).startswith("actions/checkout")
+    ]
+    assert refs == [None, "${{ github.event.pull_request.base.sha }}"]
     scripts = "\n".join(str(s.get("run", "")) for s in job["steps"])
-    assert (
-        "loadbench run --preset gpu-quick --dtype bfloat16 --min-samples 10 --budget 2 --out runs/pr"
-        in scripts
+    assert "torch==2.13.0" in scripts and '-e "./$side"' in scripts
+    command = (
+        "loadbench ab --base .venv-base/bin/python --new .venv-new/bin/python --preset gpu-quick --dtype bfloat16 "
+        "--out runs/ab"
     )
-    assert "loadbench compare results/h100-2026-11-27 runs/pr" in scripts and "--out compare.md" in scripts
+    assert ".venv-new/bin/" + command in " ".join(scripts.replace("\\\n", " ").split())  # lines joined
+    args = build_parser().parse_args(command.split()[1:])  # the workflow's command parses
+    assert (args.base, args.new, args.preset) == (
+        ".venv-base/bin/python",
+        ".venv-new/bin/python",
+        "gpu-quick",
+    )
     uses = [str(s.get("uses", "")) for s in job["steps"]]
     assert any(u.startswith("actions/github-script") for u in uses)
     assert any(u.startswith("actions/upload-artifact") for u in uses)
     # The comment is posted even on a regression; the job fails afterwards.
     assert any("exit" in str(s.get("run", "")) and s.get("if") for s in job["steps"])
+    baseline = gpu["jobs"]["baseline"]  # by hand, on a dedicated runner: the stored baseline
+    assert "dedicated" in baseline["runs-on"]
+    scripts = "\n".join(str(s.get("run", "")) for s in baseline["steps"])
+    assert "loadbench compare results/h100-2026-11-27 runs/now" in scripts
 
     sharded = _workflow("gpu-sharded.yml")
     assert sharded["jobs"]["shard"]["strategy"]["matrix"]["shard"] == [1, 2, 3, 4]
