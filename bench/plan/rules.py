@@ -17,6 +17,7 @@ from bench.plan.spec import MatrixSpec
 from loader import LoadConfigError
 from loader.dtypes import config_dtype, resolve_dtype
 from loader.host import HostCapabilities
+from loader.quantization import lora_unsupported_reason
 from loader.support import unsupported_reason
 
 if TYPE_CHECKING:
@@ -110,8 +111,11 @@ def apply_rules(
         return dataclasses.replace(cell, skip_reason=f"rule host: {reason}")
     dropped = []
     if "train" in cell.workloads:
+        lora_reason = lora_unsupported_reason(load.quantization) if cell.mode == "lora" else None
         train_reason = unsupported_reason(load, caps, training=True, dtype=dtype)
-        if train_reason:
+        if lora_reason:
+            dropped.append(("train", f"rule quant-lora: {lora_reason}"))
+        elif train_reason:
             dropped.append(("train", f"rule host: {train_reason}"))
     if len(dropped) == len(cell.workloads):
         return dataclasses.replace(cell, skip_reason=dropped[0][1])

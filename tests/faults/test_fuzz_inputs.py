@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import random
 import tempfile
 from collections.abc import Iterator
