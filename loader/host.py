@@ -94,7 +94,7 @@ def quant_library_versions() -> tuple[tuple[str, str], ...]:
     """(distribution, version) of each quantization library loader.quantization.METHODS names that is
     installed here, from package metadata: importing them takes seconds (torchao) and must not touch
     CUDA in a parent process."""
-    from loader.quantization import METHODS  # imports this module: read at call time
+    from loader.quant_methods import METHODS
 
     names = sorted({m.library for m in METHODS.values() if m.library})
     found = ((name, _dist_version(name)) for name in names)

@@ -34,3 +34,13 @@ tar -C "$OUT/run/$PRESET" -czf "$OUT/logs.tgz" logs && rm -rf "$OUT/run/$PRESET/
 # Where the run's time went (issue 15): the harness's own share of gpu-quick, from run.json.
 python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1])).get('time_accounting'), indent=1))" \
   "$OUT/run/$PRESET/run.json" > "$OUT/accounting.json" 2>&1
+# Issue 21: the on-the-fly quantizers on the GPU beside nf4 (torchao int8/int4/float8, HQQ, quanto,
+# FineGrainedFP8): which load, their records, quality and footprints (docs/quantization.md lists what was
+# verified on the CPU only). Their wheels go in .whl/ with the others: pip download --no-deps torchao hqq
+# optimum-quanto (and hqq's einops / termcolor, quanto's ninja if the image lacks them).
+QUANT_MODEL=$(python3 -c "import yaml; print(yaml.safe_load(open('bench/presets/$PRESET.yaml'))['model'])")
+timeout ${QUANT_TIMEOUT:-240} python3 -m bench.cli run --model "$QUANT_MODEL" --dtype bfloat16 --attn sdpa \
+  --quant none,nf4,torchao-int8,torchao-int4,torchao-float8,hqq-4bit,quanto-int8,quanto-int4,fp8 \
+  --budget "$BUDGET" --min-samples 3 --out "$OUT/run/quant" --no-live > "$OUT/quant.txt" 2>&1
+echo "exit $?" >> "$OUT/quant.txt"
+rm -rf "$OUT/run/quant/claims" "$OUT/run/quant/records.jsonl.lock" "$OUT/run/quant/logs"
