@@ -42,6 +42,9 @@ class QuantMethod:
     lora: str | None = None  # why peft cannot train LoRA adapters on it (None: it can)
     kbit_prepare: bool = True  # peft's prepare_model_for_kbit_training accepts it
     upcasts: bool = False  # ... and that upcasts the unquantized parameters to float32
+    # what its linear keeps for backward beyond an unquantized frozen linear (measured with saved-tensor
+    # hooks on tiny-llama): "weights" (torchao: the dequantized weight), "inputs" (quanto: the input)
+    autograd_keeps: str = ""
 
     def linear_bytes(self, in_features: int, out_features: int, dtype_bytes: int) -> int:
         """Bytes of one quantized linear's weight (data, scales, zero points, buffers)."""
@@ -63,7 +66,7 @@ METHODS: dict[str, QuantMethod] = {
     m.name: m
     for m in (
         # Int8Tensor: int8 data, a float32 scale and an int8 zero point per row (measured on CPU)
-        QuantMethod("torchao-int8", "torchao", "torchao", 8, scale_bytes=5),
+        QuantMethod("torchao-int8", "torchao", "torchao", 8, scale_bytes=5, autograd_keeps="weights"),
         # tinygemm int4 (tile_packed_to_4d, HQQ qparams): bfloat16 scale and zero per 128 weights
         QuantMethod(
             "torchao-int4",
@@ -96,7 +99,10 @@ METHODS: dict[str, QuantMethod] = {
         QuantMethod("hqq-4bit", "hqq", "hqq.core.quantize", 4, scales="group", group=64, zero_point=True),
         QuantMethod("hqq-8bit", "hqq", "hqq.core.quantize", 8, scales="group", group=64, zero_point=True),
         # quanto: int8 data and a compute-dtype scale per row; int4 packed, scale and shift per 128
-        QuantMethod("quanto-int8", "optimum-quanto", "optimum.quanto", 8, extra_bytes=8, kbit_prepare=False),
+        QuantMethod(
+            "quanto-int8", "optimum-quanto", "optimum.quanto", 8, extra_bytes=8, kbit_prepare=False,
+            autograd_keeps="inputs",
+        ),
         QuantMethod(
             "quanto-int4",
             "optimum-quanto",
@@ -107,6 +113,7 @@ METHODS: dict[str, QuantMethod] = {
             zero_point=True,
             extra_bytes=8,
             kbit_prepare=False,
+            autograd_keeps="inputs",
         ),
         # FineGrainedFP8: float8_e4m3fn weights, a float32 inverse scale per 128 × 128 tile
         QuantMethod(

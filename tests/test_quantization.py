@@ -278,3 +278,57 @@ def test_env_lists_every_quantization_value_with_its_reason() -> None:
         assert rows[name]["reason"] == quantization_unsupported_reason(name, caps.host, "bfloat16")
         if method.min_cc and not caps.host.cuda:
             assert not rows[name]["ok"] and "CUDA GPU of compute capability" in rows[name]["reason"]
+
+
+def _saved_bytes(tiny_llama: Path, quant: str, tokens: int) -> int:
+    """Bytes autograd saves in one LoRA training forward (saved-tensor hooks, unique storages, weights
+    and the tensors inside a torchao / quanto weight excluded)."""
+    import torch
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    from bench.measure.workloads import attach_lora
+    from loader import get_model
+
+    def leaves(t: torch.Tensor) -> list[torch.Tensor]:
+        if is_traceable_wrapper_subclass(t):
+            return [x for name in t.__tensor_flatten__()[0] for x in leaves(getattr(t, name))]
+        return [t]
+
+    config = LoadConfig(str(tiny_llama), dtype="bfloat16", quantization=quant, device="cpu")
+    model = attach_lora(get_model(config, training=True), False, kbit=quant != "none", quantization=quant)
+    model.train()
+    weights = {x.untyped_storage().data_ptr() for p in model.parameters() for x in leaves(p)}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        for x in leaves(t):
+            if x.untyped_storage().data_ptr() not in weights:
+                seen[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+        return t
+
+    ids = torch.randint(0, 2000, (1, tokens), generator=torch.Generator().manual_seed(0))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(ids, use_cache=False)
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize(
+    "quant",
+    [
+        pytest.param("torchao-int8", marks=needs["torchao"]),
+        pytest.param("quanto-int8", marks=needs["optimum-quanto"]),
+    ],
+)
+def test_what_a_quantized_linear_keeps_for_backward_is_in_the_estimate(tiny_llama: Path, quant: str) -> None:
+    """Beside an unquantized bfloat16 LoRA model: torchao's linears keep their dequantized weight (a constant),
+    quanto's their input (per token). The estimate's extra term against the measured extra."""
+    from bench.plan.estimate_terms import int8_kept_per_token_layer
+
+    arch = _tiny_arch(tiny_llama)
+    tokens = 256
+    extra = _saved_bytes(tiny_llama, quant, tokens) - _saved_bytes(tiny_llama, "none", tokens)
+    if METHODS[quant].autograd_keeps == "weights":
+        predicted = arch.linear_params * 2
+    else:
+        predicted = int8_kept_per_token_layer(arch, 2) * tokens * arch.layers
+    assert predicted == pytest.approx(extra, rel=0.07), (predicted, extra)

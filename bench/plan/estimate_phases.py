@@ -195,6 +195,11 @@ def breakdown(
         largest = max(LORA_RANK * max(i, o) for i, o, _ in arch.linears) if lora else arch.largest_param
         opt_temp = 2 * largest * tw
     per_layer = saved_per_token_layer(arch, a=a, backend=backend, ctx=seq, lora=lora)
+    keeps = method.autograd_keeps if method is not None else ""
+    if keeps == "inputs":  # quanto's linears save their input (through the hooks: checkpointing drops it)
+        per_layer += int8_kept_per_token_layer(arch, a)
+    # torchao's linears save the dequantized weight (per layer; checkpointing keeps one layer's at a time)
+    layer_dequantized = arch.linear_params * w / arch.layers if keeps == "weights" else 0.0
     # the final norm: its float32 input, and (LM head trainable) its normalised value and output
     final_norm = (4 if kbit else 4 + 2 * a) * arch.hidden * t
     stored: float
@@ -202,9 +207,9 @@ def breakdown(
         stored = a * arch.hidden * t * arch.layers + final_norm
         if quant == "8bit":
             stored += int8_kept_per_token_layer(arch, a) * t * arch.layers
-        recompute = per_layer * t
+        recompute = per_layer * t + layer_dequantized
     else:
-        stored = per_layer * t * arch.layers + final_norm
+        stored = per_layer * t * arch.layers + final_norm + layer_dequantized * arch.layers
         recompute = 0.0
     loss = 3 * t * v * 4  # float32 log-softmax output, its incoming and outgoing gradient
     common: Terms = {"weights": train_weights, "optimizer states": states}

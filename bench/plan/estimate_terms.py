@@ -191,5 +191,6 @@ def saved_per_token_layer(arch: Arch, *, a: int, backend: str, ctx: int, lora: b
 
 
 def int8_kept_per_token_layer(arch: Arch, a: int) -> float:
-    """Linear inputs MatMul8bitLt keeps on ctx.tensors (outside saved-tensor hooks) per token-layer."""
+    """Linear inputs MatMul8bitLt keeps on ctx.tensors (outside saved-tensor hooks) per token-layer;
+    quanto's linears save the same inputs (through the hooks)."""
     return a * (arch.hidden + arch.q_dim + arch.hidden + arch.act_inter)
