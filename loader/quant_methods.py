@@ -100,7 +100,12 @@ METHODS: dict[str, QuantMethod] = {
         QuantMethod("hqq-8bit", "hqq", "hqq.core.quantize", 8, scales="group", group=64, zero_point=True),
         # quanto: int8 data and a compute-dtype scale per row; int4 packed, scale and shift per 128
         QuantMethod(
-            "quanto-int8", "optimum-quanto", "optimum.quanto", 8, extra_bytes=8, kbit_prepare=False,
+            "quanto-int8",
+            "optimum-quanto",
+            "optimum.quanto",
+            8,
+            extra_bytes=8,
+            kbit_prepare=False,
             autograd_keeps="inputs",
         ),
         QuantMethod(

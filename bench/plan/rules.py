@@ -82,7 +82,7 @@ def apply_rules(
     if cell.quant != "none" and cell.mode == "full":
         return dataclasses.replace(
             cell,
-            skip_reason=f"rule kbit-trains-lora: {cell.quant} weights are frozen integers that AdamW cannot "
+            skip_reason=f"rule kbit-trains-lora: {cell.quant} weights are frozen quantized values that AdamW cannot "
             "update, so a k-bit cell trains LoRA adapters (QLoRA); use train_mode lora.",
         )
     if cell.find_max and cell.vram_limit_bytes is None and not caps.cuda:
