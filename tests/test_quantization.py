@@ -332,3 +332,30 @@ def test_what_a_quantized_linear_keeps_for_backward_is_in_the_estimate(tiny_llam
     else:
         predicted = int8_kept_per_token_layer(arch, 2) * tokens * arch.layers
     assert predicted == pytest.approx(extra, rel=0.07), (predicted, extra)
+
+
+@pytest.mark.parametrize(
+    "quant",
+    [
+        "none",
+        pytest.param("torchao-int8", marks=needs["torchao"]),
+        pytest.param("quanto-int8", marks=needs["optimum-quanto"]),
+    ],
+)
+def test_saved_activations_per_token_of_half_precision_lora_match_the_estimate(
+    tiny_llama: Path, quant: str
+) -> None:
+    """bfloat16 LoRA without peft's float32 upcast: the float32 copies each adapter saves of its input,
+    not the frozen linears' inputs (per token: the slope between two lengths, so torchao's constant
+    dequantized weights drop out)."""
+    from bench.plan.estimate_terms import attention_backend, int8_kept_per_token_layer, saved_per_token_layer
+
+    arch = _tiny_arch(tiny_llama)
+    per_token = (_saved_bytes(tiny_llama, quant, 256) - _saved_bytes(tiny_llama, quant, 64)) / 192
+    layer = saved_per_token_layer(
+        arch, a=2, backend=attention_backend("sdpa", "cpu", 2, arch), ctx=256, lora=True
+    )
+    if quant != "none" and METHODS[quant].autograd_keeps == "inputs":
+        layer += int8_kept_per_token_layer(arch, 2)
+    predicted = layer * arch.layers + 4 * arch.hidden  # + the final norm's float32 input
+    assert predicted == pytest.approx(per_token, rel=0.05), (predicted, per_token)

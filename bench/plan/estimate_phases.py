@@ -201,7 +201,7 @@ def breakdown(
     # torchao's linears save the dequantized weight (per layer; checkpointing keeps one layer's at a time)
     layer_dequantized = arch.linear_params * w / arch.layers if keeps == "weights" else 0.0
     # the final norm: its float32 input, and (LM head trainable) its normalised value and output
-    final_norm = (4 if kbit else 4 + 2 * a) * arch.hidden * t
+    final_norm = (4 if lora else 4 + 2 * a) * arch.hidden * t
     stored: float
     if grad_ckpt:
         stored = a * arch.hidden * t * arch.layers + final_norm

@@ -182,12 +182,20 @@ def saved_per_token_layer(arch: Arch, *, a: int, backend: str, ctx: int, lora: b
     RMSNorm saves its float32 input (a copy unless the stream is float32) and its output (the
     next linear's input); a trainable norm weight also saves the normalised value it multiplies.
     Under LoRA the norms are frozen, so that one is not kept.
+
+    LoRA on half-precision activations (no float32 upcast: unquantized, torchao, HQQ, quanto): the
+    frozen base linears save no input; each float32 adapter casts its input and saves that copy (q, k
+    and v each their own), so the norms' and the product's half-precision outputs are not kept.
     """
     h, i = arch.hidden, arch.act_inter
+    lora_mid = 7 * 4 * LORA_RANK if lora else 0  # each adapter's A output, float32
+    attn = _attn_saved_per_token(arch, backend, a, ctx)
+    if lora and a != 4:
+        adapter_inputs = 4 * (5 * h + arch.q_dim + i)  # q, k, v, gate, up: h; o: q_dim; down: inter
+        return 2 * 4 * h + attn + 3 * a * i + adapter_inputs + lora_mid  # norms' float32 inputs; mlp
     norms = 2 * (4 + a + (0 if lora else a)) * h
     mlp = 4 * a * i  # gate output (silu input), silu output, up output, product (down input)
-    lora_mid = 7 * 4 * LORA_RANK if lora else 0  # each adapter's A output, float32
-    return norms + _attn_saved_per_token(arch, backend, a, ctx) + mlp + lora_mid
+    return norms + attn + mlp + lora_mid
 
 
 def int8_kept_per_token_layer(arch: Arch, a: int) -> float:
