@@ -88,3 +88,6 @@ def test_loadbench_run_shows_each_value_beside_nf4_in_one_report(tiny_llama: Pat
     report = (out / "report.md").read_text()
     for value in quant.split(","):
         assert f"| {value} " in report or f"/{value}/" in report, value
+    # the readers take the new values as they take bitsandbytes'
+    assert main(["recommend", str(out), "--vram", "4GiB", "--task", "train"]) == 0
+    assert main(["compare", str(out), str(out)]) == 0
