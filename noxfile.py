@@ -13,7 +13,7 @@ TORCH = "torch==2.13.0"
 
 def _install(session: nox.Session) -> None:
     session.install(TORCH)
-    session.install("-e", ".[dev]")
+    session.install("-e", ".[dev,quant]")  # quant: the on-the-fly quantizers' tests run, not skip
 
 
 @nox.session
@@ -27,7 +27,7 @@ def tests(session: nox.Session) -> None:
 def slow(session: nox.Session) -> None:
     """The `slow` tests: Ray, real-shape checkpoints, flex_attention, CLI subprocess runs (CI's second step)."""
     _install(session)
-    session.install("-e", ".[dev,ray]")
+    session.install("-e", ".[dev,ray,quant]")
     # Exit 5 is "no tests collected" (e.g. a -k that matches none): nothing failed.
     # Two workers (pytest-xdist): the tests wait on subprocesses of one thread each; `loadgroup` keeps
     # the Ray clusters on one worker and the default run's module on one.
@@ -75,7 +75,7 @@ def perf(session: nox.Session) -> None:
 @nox.session
 def gpu(session: nox.Session) -> None:
     """The `gpu` preset on a CUDA host (install the CUDA build of torch you want first)."""
-    session.install("-e", ".[dev]")
+    session.install("-e", ".[dev,quant]")  # quant: torchao / HQQ / quanto / FP8 cells run, not skip
     has_cuda = session.run("python", "-c", "import torch; print(torch.cuda.is_available())", silent=True)
     if "True" not in str(has_cuda):
         session.skip("no CUDA GPU on this host; `nox -s gpu` runs the gpu preset on one")

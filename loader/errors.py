@@ -13,6 +13,10 @@ class UnsupportedOnHost(LoadConfigError):
     """A valid configuration that this host (its GPU, packages or libraries) cannot run."""
 
 
+class QuantizationRefused(UnsupportedOnHost):
+    """The quantization library (or transformers' quantizer for it) refused the config while loading."""
+
+
 class CheckpointInvalid(LoadConfigError):
     """The model path is missing, has no config.json, or holds a corrupt weights file."""
 

@@ -1,4 +1,4 @@
-"""What this host can run: CUDA GPUs, flash-attn, bitsandbytes.
+"""What this host can run: CUDA GPUs, flash-attn, bitsandbytes, the other quantization libraries.
 
 The loader checks a config against these facts before it calls transformers, so a config the host
 cannot run fails with one sentence instead of a kernel error. `probe_host()` touches CUDA; code that
@@ -33,6 +33,8 @@ class HostCapabilities:
     bitsandbytes_version: str | None = None
     bitsandbytes_error: str | None = None
     bitsandbytes_devices: tuple[str, ...] = field(default_factory=tuple)
+    # (distribution, version) of the installed quantization libraries (loader.quantization.METHODS)
+    quant_libraries: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
     @property
     def cuda(self) -> bool:
@@ -64,6 +66,7 @@ class HostCapabilities:
             bitsandbytes_version=data.get("bitsandbytes_version"),
             bitsandbytes_error=data.get("bitsandbytes_error"),
             bitsandbytes_devices=tuple(data.get("bitsandbytes_devices", ())),
+            quant_libraries=tuple((str(d), str(v)) for d, v in data.get("quant_libraries", ())),
         )
 
 
@@ -85,6 +88,17 @@ def flash_attn_packages() -> tuple[str | None, bool]:
     fa2 = _dist_version("flash-attn") if importlib.util.find_spec("flash_attn") else None
     fa3 = importlib.util.find_spec("flash_attn_interface") is not None
     return fa2, fa3
+
+
+def quant_library_versions() -> tuple[tuple[str, str], ...]:
+    """(distribution, version) of each quantization library loader.quantization.METHODS names that is
+    installed here, from package metadata: importing them takes seconds (torchao) and must not touch
+    CUDA in a parent process."""
+    from loader.quant_methods import METHODS
+
+    names = sorted({m.library for m in METHODS.values() if m.library})
+    found = ((name, _dist_version(name)) for name in names)
+    return tuple((name, version) for name, version in found if version is not None)
 
 
 def probe_bitsandbytes(cuda: bool) -> tuple[str | None, str | None, tuple[str, ...]]:
@@ -120,7 +134,9 @@ def probe_host(bitsandbytes: BnbFacts | None = None) -> HostCapabilities:
             gpus.append(GpuInfo(props.name, int(props.total_memory), cc, cc >= (8, 0)))
     fa2, fa3 = flash_attn_packages()
     bnb_version, bnb_error, bnb_devices = bitsandbytes or probe_bitsandbytes(bool(gpus))
-    return HostCapabilities(tuple(gpus), fa2, fa3, bnb_version, bnb_error, bnb_devices)
+    return HostCapabilities(
+        tuple(gpus), fa2, fa3, bnb_version, bnb_error, bnb_devices, quant_libraries=quant_library_versions()
+    )
 
 
 @functools.cache

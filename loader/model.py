@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import traceback
 from typing import TYPE_CHECKING, Any
 
 from loader.config import LoadConfig
 from loader.dtypes import resolve_dtype, to_torch
-from loader.errors import ModelLoadError, UnsupportedOnHost
+from loader.errors import ModelLoadError, QuantizationRefused, UnsupportedOnHost
 from loader.host import HostCapabilities, current_host
-from loader.quantization import bnb_config
+from loader.quantization import METHODS, quantization_config
 from loader.support import unsupported_reason
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ def from_pretrained_kwargs(
         "dtype": "auto" if dtype == "auto" else to_torch(dtype),
         "attn_implementation": config.attn_implementation,
         "use_cache": config.resolved_use_cache,
-        "quantization_config": bnb_config(config, dtype),
+        "quantization_config": quantization_config(config, dtype),
         "device_map": device_map(config, caps),
         "local_files_only": config.local_files_only,
     }
@@ -75,7 +76,12 @@ def get_model(
         model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path, **kwargs)
     except (torch.OutOfMemoryError, MemoryError):
         raise
-    except (OSError, ValueError, RuntimeError, KeyError, ImportError, TypeError) as exc:
+    except (OSError, ValueError, RuntimeError, KeyError, ImportError, TypeError, AssertionError) as exc:
+        refusal = quantizer_refusal(config, exc)
+        if refusal:
+            raise QuantizationRefused(refusal) from exc
+        if isinstance(exc, AssertionError):
+            raise
         knobs = ", ".join(f"{k}={v!r}" for k, v in config.knobs().items() if k != "model_name_or_path")
         raise ModelLoadError(
             f"transformers could not load {config.model_name_or_path!r} with {knobs}: {type(exc).__name__}: {exc}"
@@ -83,6 +89,26 @@ def get_model(
     if config.gradient_checkpointing:
         enable_checkpointing(model, config.checkpointing_kwargs)
     return model
+
+
+# Where a refusal comes from: transformers' quantizer for the method, its integration, or the library.
+_QUANTIZER_CODE = ("/transformers/quantizers/", "/transformers/integrations/")
+
+
+def quantizer_refusal(config: LoadConfig, exc: BaseException) -> str | None:
+    """The sentence for a load that an on-the-fly quantizer refused (raised in its own code), else None.
+
+    transformers checks the environment in the quantizer (HQQ refuses a CPU device map) and quantizes
+    in the integration; what they raise is the library's answer about this config, not a bug here."""
+    method = METHODS.get(config.quantization)
+    if method is None:
+        return None
+    frames = [frame.filename.replace("\\", "/") for frame in traceback.extract_tb(exc.__traceback__)]
+    # the library's own package (FineGrainedFP8 has none: it lives in transformers' integrations)
+    where = (*_QUANTIZER_CODE, f"/{method.module.split('.')[0]}/") if method.library else _QUANTIZER_CODE
+    if not any(w in f for f in frames for w in where):
+        return None
+    return f"transformers refused quantization={config.quantization!r}: {type(exc).__name__}: {exc}"
 
 
 def enable_checkpointing(model: PreTrainedModel, kwargs: dict[str, Any] | None = None) -> None:

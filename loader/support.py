@@ -21,6 +21,6 @@ def unsupported_reason(
         return f"device={config.device!r} needs a CUDA GPU; this host has none."
     if dtype == "bfloat16" and caps.cuda and not caps.gpus[0].bf16:
         return f"dtype='bfloat16' needs a GPU of compute capability 8.0+; {caps.gpus[0].name} has no bf16."
-    return quantization_unsupported_reason(config.quantization, caps) or attention_unsupported_reason(
+    return quantization_unsupported_reason(config.quantization, caps, dtype) or attention_unsupported_reason(
         config.attn_implementation, dtype, caps, training=training or config.gradient_checkpointing
     )

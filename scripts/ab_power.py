@@ -10,11 +10,14 @@ Runs the 4-cell CPU sweep (`--dtype float32,bfloat16 --quant none --attn eager,s
     sitecustomize on its PYTHONPATH): `compute=0.10` (every forward, backward, optimizer step and generate
     10 % slower) and `load=0.10` (from_pretrained 10 % slower);
   - cost: the median wall time of an ab run over that of a plain run.
-Each run is a `loadbench` subprocess, one after another, as CI would run them. Prints the README's tables
-and writes every run directory and summary.json under --out.
+Each run is a `loadbench` subprocess, one after another, as CI would run them. Prints the tables of
+docs/statistics.md and writes every run directory and summary.json under --out. `--from DIR` prints them
+again from a finished DIR, with the rounds table: each ab run judged again on its first 6, 8, ... rounds
+(what a lower --rounds would have concluded, and about what it would have cost).
 
     python scripts/ab_power.py --runs 10 --out runs/ab-power
-    python scripts/ab_power.py --runs 2 --only aa,cost     # a quick look
+    python scripts/ab_power.py --runs 2 --only aa,compare     # a quick look
+    python scripts/ab_power.py --from runs/ab-power           # the tables again, and the rounds table
 """
 
 from __future__ import annotations
@@ -32,6 +35,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ["--dtype", "float32,bfloat16", "--quant", "none", "--attn", "eager,sdpa", "--grad-ckpt", "off"]
 SLOWDOWNS = {"compute": "compute=0.10", "load": "load=0.10"}
+# What each slowdown slows (tests/slowdown): compute spins after every outermost forward, backward, optimizer
+# step and generate, so decode's total (tokens/s) slows but not its per-token times, measured inside generate.
+DETECTED = {
+    "compute": ("prefill.latency_s", "train.step_s", "decode.tokens_per_s"),
+    "load": ("load.model_s",),
+}
 PARTS = ("aa", "compare", "compute", "load")
 
 
@@ -130,13 +139,85 @@ def aa_row(name: str, runs: list[dict[str, Any]]) -> str:
 
 
 def detection_row(name: str, runs: list[dict[str, Any]], metrics: tuple[str, ...]) -> str:
+    from bench.schema import METRICS
+
     caught = sum(r["exit"] == 1 for r in runs)
-    ratios = [v for r in runs for k, v in r["ratios"].items() if k.split(":")[1] in metrics]
+    # as a slowdown: time new/base, throughput base/new
+    ratios = [
+        v if METRICS[k.split(":")[1]].better == "lower" else 1 / v
+        for r in runs
+        for k, v in r["ratios"].items()
+        if k.split(":")[1] in metrics
+    ]
     flagged = sum(m in r["regressed"] for r in runs for m in metrics)
     return (
         f"| {name} | {len(runs)} | {caught} of {len(runs)} ({caught / len(runs):.0%}) | "
         f"{statistics.median(ratios):.3f} | {flagged} of {len(runs) * len(metrics)} metric-runs |"
     )
+
+
+def rounds_table(out: Path, summary: dict[str, Any], rounds: tuple[int, ...] = (6, 8, 10)) -> list[str]:
+    """Each stored ab run judged on its first R rounds: exits and A/A metrics called changed, and the wall
+    time an A/A run would have taken (its measured wall less the rounds it would not have run)."""
+    from bench.analysis.ab.judging import judge
+
+    plain = statistics.median(r["wall_s"] for r in summary["compare"])
+    lines = [
+        "| rounds | A/A exit 1 | A/A metrics changed | compute caught | load caught | ab wall (A/A) | x plain |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    runs = len(summary["aa"])
+    for limit in rounds:
+        cols: dict[str, tuple[int, int, int]] = {}
+        saved = []
+        for name in ("aa", *SLOWDOWNS):
+            exits = changed = judged = 0
+            for i in range(len(summary[name])):
+                with (out / f"{name}-{i}" / "records.jsonl").open() as lines_in:
+                    records = [json.loads(line) for line in lines_in]
+                sides = [r for r in records if r.get("side")]
+                verdicts = judge([r for r in records if r.get("ab.round") is None or r["ab.round"] <= limit])
+                timed = [r for r in verdicts.results if r.kind == "timed" and r.verdict != "not judged"]
+                exits += verdicts.regressed
+                changed += sum(r.verdict in ("regression", "improvement") for r in timed)
+                judged += len(timed)
+                if name == "aa":
+                    end = max(r["started_at"] + r["cell.wall_s"] for r in sides)
+                    cut = max(r["started_at"] + r["cell.wall_s"] for r in sides if r["ab.round"] <= limit)
+                    saved.append(end - cut)
+            cols[name] = (exits, changed, judged)
+        wall = statistics.median(r["wall_s"] for r in summary["aa"]) - statistics.median(saved)
+        lines.append(
+            f"| {limit} | {cols['aa'][0]} of {runs} | {cols['aa'][1]} of {cols['aa'][2]} | "
+            f"{cols['compute'][0]} of {runs} | {cols['load'][0]} of {runs} | {wall:.1f} s | {wall / plain:.2f}x |"
+        )
+    return lines
+
+
+def print_tables(summary: dict[str, Any], out: Path) -> None:
+    """The tables of docs/statistics.md from a summary (and, for the rounds table, its run directories)."""
+    print(f"4-cell CPU sweep, {summary['runs']} runs per row, {summary['started'][:10]}\n")
+    print("| gate | runs | exit 1 | timed metrics called changed |\n|---|---:|---:|---:|")
+    if "aa" in summary:
+        print(aa_row("`loadbench ab`, A/A (same interpreter on both sides)", summary["aa"]))
+    if "compare" in summary:
+        print(aa_row("`loadbench compare` of two plain runs (a stored baseline)", summary["compare"][1:]))
+    rows = [(name, metrics) for name, metrics in DETECTED.items() if name in summary]
+    if rows:
+        print(
+            "\n| new side slowed | runs | caught (exit 1) | median slowdown measured | flagged |\n|---|---:|---:|---:|---:|"
+        )
+        for name, metrics in rows:
+            label = f"`LOADBENCH_SLOWDOWN={SLOWDOWNS[name]}` ({', '.join(metrics)})"
+            print(detection_row(label, summary[name], metrics))
+    if "aa" in summary and "compare" in summary:
+        ab_wall = statistics.median(r["wall_s"] for r in summary["aa"])
+        plain_wall = statistics.median(r["wall_s"] for r in summary["compare"])
+        print(
+            f"\ncost: an ab run {ab_wall:.1f} s, a plain run {plain_wall:.1f} s (medians): {ab_wall / plain_wall:.2f}x"
+        )
+        if all(name in summary for name in SLOWDOWNS):
+            print("\n" + "\n".join(rounds_table(out, summary)))
 
 
 def main() -> int:
@@ -150,7 +231,11 @@ def main() -> int:
     parser.add_argument(
         "--out", type=Path, default=Path("runs") / f"ab-power-{time.strftime('%Y%m%d-%H%M%S')}"
     )
+    parser.add_argument("--from", dest="source", type=Path, help="print the tables of a finished --out again")
     args = parser.parse_args()
+    if args.source is not None:
+        print_tables(json.loads((args.source / "summary.json").read_text()), args.source)
+        return 0
     parts = args.only.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {
@@ -168,39 +253,7 @@ def main() -> int:
                 ab(args.out / f"{name}-{i}", seed=i + 101, slowdown=slowdown) for i in range(args.runs)
             ]
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-
-    print(
-        f"4-cell CPU sweep, {args.runs} runs per row, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores\n"
-    )
-    print("| gate | runs | exit 1 | timed metrics called changed |\n|---|---:|---:|---:|")
-    if "aa" in summary:
-        print(aa_row("`loadbench ab`, A/A (same interpreter on both sides)", summary["aa"]))
-    if "compare" in summary:
-        print(aa_row("`loadbench compare` of two plain runs (a stored baseline)", summary["compare"][1:]))
-    rows = [
-        (n, m)
-        for n, m in (
-            ("compute", ("prefill.latency_s", "train.step_s", "decode.tpot_s")),
-            ("load", ("load.model_s",)),
-        )
-        if n in summary
-    ]
-    if rows:
-        print(
-            "\n| new side slowed | runs | caught (exit 1) | median new/base | flagged |\n|---|---:|---:|---:|---:|"
-        )
-        for name, metrics in rows:
-            print(
-                detection_row(
-                    f"`LOADBENCH_SLOWDOWN={SLOWDOWNS[name]}` ({', '.join(metrics)})", summary[name], metrics
-                )
-            )
-    if "aa" in summary and "compare" in summary:
-        ab_wall = statistics.median(r["wall_s"] for r in summary["aa"])
-        plain_wall = statistics.median(r["wall_s"] for r in summary["compare"])
-        print(
-            f"\ncost: an ab run {ab_wall:.1f} s, a plain run {plain_wall:.1f} s (medians): {ab_wall / plain_wall:.2f}x"
-        )
+    print_tables(summary, args.out)
     print(f"\nrun directories and summary.json: {args.out}")
     return 0
 

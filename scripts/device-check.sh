@@ -61,4 +61,15 @@ timeout ${AB_TIMEOUT:-240} python3 -m bench.cli ab --base python3 --new python3 
   --out "$WORK/ab-compute" > /dev/null 2> "$OUT/ab-compute-stderr.txt"
 echo "exit $? after $(( $(date +%s) - start )) s" >> "$OUT/ab-compute-stderr.txt"
 flat ab-compute "$WORK/ab-compute"
+
+# Issue 21: the on-the-fly quantizers on the GPU beside nf4 (torchao int8/int4/float8, HQQ, quanto,
+# FineGrainedFP8): which load, their records, quality and footprints (docs/quantization.md lists what was
+# verified on the CPU only). Their wheels go in .whl/ with the others: pip download --no-deps torchao hqq
+# optimum-quanto (and hqq's einops / termcolor, quanto's ninja if the image lacks them).
+QUANT_MODEL=$(python3 -c "import yaml; print(yaml.safe_load(open('bench/presets/$PRESET.yaml'))['model'])")
+timeout ${QUANT_TIMEOUT:-240} python3 -m bench.cli run --model "$QUANT_MODEL" --dtype bfloat16 --attn sdpa \
+  --quant none,nf4,torchao-int8,torchao-int4,torchao-float8,hqq-4bit,quanto-int8,quanto-int4,fp8 \
+  --budget "$BUDGET" --min-samples 3 --out "$WORK/quant" --no-live > "$OUT/quant-summary.txt" 2>&1
+echo "exit $?" >> "$OUT/quant-summary.txt"
+flat quant "$WORK/quant"
 rm -rf "$WORK"

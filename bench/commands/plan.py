@@ -13,6 +13,12 @@ from typing import Any
 from bench.errors import EXIT_OK, SpecError
 from bench.units import argtype, parse_size, positive_int
 
+# bench.plan.spec.QUANT_VARIANTS, spelled out so `--help` imports no loader (a test keeps them equal)
+QUANT_HELP = (
+    "comma list: none,nf4,fp4,nf4-dq,fp4-dq,8bit (bitsandbytes); torchao-int8,torchao-int4,torchao-float8,"
+    "hqq-4bit,hqq-8bit,quanto-int8,quanto-int4,fp8 (the quant extra; docs/quantization.md)"
+)
+
 __all__ = ["SPEC_OVERRIDES", "add_spec_args", "load_spec", "register", "run"]
 
 # The flags that override a spec's fields, by their argparse dest (the MatrixSpec field names).
@@ -64,7 +70,7 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
         help="allow a model's own code to run (recorded in every record; never implied)",
     )
     p.add_argument("--dtype", help="comma list: auto,bfloat16,float16,float32")
-    p.add_argument("--quant", help="comma list: none,nf4,fp4,nf4-dq,fp4-dq,8bit")
+    p.add_argument("--quant", help=QUANT_HELP)
     p.add_argument("--attn", help="comma list: eager,sdpa,flash_attention_2,flash_attention_3,flex_attention")
     p.add_argument("--grad-ckpt", dest="grad_ckpt", help="comma list: off,on")
     p.add_argument(

@@ -132,7 +132,7 @@ def run_cell(
     model = get_model(config, caps, training=training)
     sync()
     out["load.model_first_s"] = time.perf_counter() - start
-    out["mem.footprint_bytes"] = int(model.get_memory_footprint())
+    out["mem.footprint_bytes"] = storage_bytes(model)
     out["params"] = sum(p.numel() for p in model.parameters())
     vocab = min(len(tokenizer), model.config.vocab_size)
     ids = make_inputs(vocab, cell.shape.batch, cell.shape.seq, device)
@@ -157,7 +157,11 @@ def run_cell(
             out["train.fresh_model"] = True
         if name == "train" and cell.mode == "lora":
             work.model = attach_lora(
-                work.model, config.gradient_checkpointing, kbit=config.kbit, settings=cell.lora_settings
+                work.model,
+                config.gradient_checkpointing,
+                kbit=config.kbit,
+                settings=cell.lora_settings,
+                quantization=config.quantization,
             )
         mem.start()
         if name == "prefill":
@@ -178,6 +182,22 @@ def run_cell(
     out.update(loads.columns("load.model_s"))
     out["load.model_over_floor"] = loads.median / out["load.read_floor_s"]
     return out
+
+
+def storage_bytes(model: Any) -> int:
+    """Bytes of the model's parameters and buffers as stored. transformers' get_memory_footprint counts a
+    torchao or quanto weight (a tensor subclass) at its outer dtype; this counts the tensors inside it
+    (int8 data, scales, zero points), which is what the weight holds in memory."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    def nbytes(t: torch.Tensor) -> int:
+        if is_traceable_wrapper_subclass(t):
+            names, _ = t.__tensor_flatten__()
+            return sum(nbytes(getattr(t, name)) for name in names)
+        return t.nelement() * t.element_size()
+
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return sum(nbytes(t) for t in tensors.values())
 
 
 def sample_loads(load: Callable[[], Any], budget: Budget, sync: Callable[[], None]) -> Stats:

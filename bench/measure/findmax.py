@@ -162,7 +162,11 @@ def _probe_body(cell: Any, checkpoint: Path, conn: Any) -> None:
         if _trains(cell):
             if cell.mode == "lora":
                 model = attach_lora(
-                    model, config.gradient_checkpointing, kbit=config.kbit, settings=cell.lora_settings
+                    model,
+                    config.gradient_checkpointing,
+                    kbit=config.kbit,
+                    settings=cell.lora_settings,
+                    quantization=config.quantization,
                 )
             model.train()
             optimizer = torch.optim.AdamW([p for _, p in trainable_parameters(model)], lr=1e-5)

@@ -6,10 +6,11 @@ on a broken computation (non-finite loss, no gradient, wrong token count) is not
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,8 @@ import torch
 from bench.measure.probes import Budget, Stats, measure
 from bench.plan.spec import LORA_DEFAULTS
 from bench.schema import DECODE_CACHE_COLUMN
+from loader.model import enable_checkpointing
+from loader.quantization import METHODS
 
 
 class InvalidMeasurement(RuntimeError):
@@ -110,14 +113,29 @@ def check_gradients(model: Any) -> None:
 
 
 def attach_lora(
-    model: Any, gradient_checkpointing: bool, *, kbit: bool = True, settings: dict[str, Any] | None = None
+    model: Any,
+    gradient_checkpointing: bool,
+    *,
+    kbit: bool = True,
+    settings: dict[str, Any] | None = None,
+    quantization: str | None = None,
 ) -> Any:
     """LoRA adapters (peft) with the matrix's one setting; on k-bit weights first QLoRA's
-    prepare_model_for_kbit_training, so bf16 + lora against nf4 + lora is the QLoRA comparison."""
+    prepare_model_for_kbit_training, so bf16 + lora against nf4 + lora is the QLoRA comparison.
+
+    A quantizer that prepare_model_for_kbit_training cannot take (quanto refuses the float32 upcast of
+    its weights) gets the rest of it: the base frozen, gradients into the inputs, checkpointing."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     s = {**LORA_DEFAULTS, **(settings or {})}
-    if kbit:
+    method = METHODS.get(quantization or "")
+    if kbit and method is not None and not method.kbit_prepare:
+        for param in model.parameters():
+            param.requires_grad = False
+        model.enable_input_require_grads()
+        if gradient_checkpointing:
+            enable_checkpointing(model, {"use_reentrant": False})
+    elif kbit:
         model = prepare_model_for_kbit_training(
             model,
             use_gradient_checkpointing=gradient_checkpointing,
@@ -145,6 +163,43 @@ def repacked_for_cpu(model: Any) -> bool:
 
 
 _NO_AUTOGRAD = "autograd kernel was not registered"
+
+
+@contextlib.contextmanager
+def gradient_flow_checked(model: Any) -> Iterator[None]:
+    """Refuse a forward in which a frozen (quantized) base layer under a LoRA adapter turns an input that
+    carries gradients into an output that does not.
+
+    That is how a quantizer's inference-only kernel stops backprop silently (the adapters still get
+    gradients through the residual stream and their own branch, so a missing gradient alone would not
+    show it); bitsandbytes' repacked CPU 4-bit layers are one case, `repacked_for_cpu` the other check.
+    """
+    stopped: list[str] = []
+
+    def hook(name: str) -> Callable[..., None]:
+        def check(module: Any, args: tuple[Any, ...], output: Any) -> None:
+            inputs = [a for a in args if isinstance(a, torch.Tensor)]
+            passes_grad = any(a.requires_grad for a in inputs)
+            if passes_grad and isinstance(output, torch.Tensor) and not output.requires_grad and not stopped:
+                stopped.append(f"{name} ({type(module).__name__})")
+
+        return check
+
+    handles = [
+        module.base_layer.register_forward_hook(hook(name))
+        for name, module in model.named_modules()
+        if isinstance(getattr(module, "base_layer", None), torch.nn.Module)
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+    if stopped:
+        raise InvalidMeasurement(
+            f"gradients stop at {stopped[0]}: its forward returned an output without autograd history "
+            "from an input that had one, so the adapters below it would train on wrong gradients."
+        )
 
 
 def backward_checked(loss: torch.Tensor) -> None:
@@ -179,10 +234,13 @@ def train(w: Workload) -> dict[str, Any]:
     if not params:
         raise InvalidMeasurement("the model has no trainable parameters to train.")
     optimizer = torch.optim.AdamW(params, lr=1e-5)
-    checked = {"grads": False}
+    checked = {"grads": False, "flow": False}
 
     def step() -> None:
-        loss = model(w.input_ids, labels=w.input_ids, use_cache=False).loss
+        # the first step (a warm-up) watches every adapter's base layer pass gradients on
+        with gradient_flow_checked(model) if not checked["flow"] else contextlib.nullcontext():
+            loss = model(w.input_ids, labels=w.input_ids, use_cache=False).loss
+        checked["flow"] = True
         if not torch.isfinite(loss):
             raise InvalidMeasurement(f"the training loss is not finite ({loss.item()}).")
         if not checked["grads"]:

@@ -30,7 +30,7 @@ import loader
 from bench.plan.env_render import host_rows, render_env
 from bench.plan.gpu_facts import BF16_MIN_CC, NvmlFacts, nvml_facts, visible_indices
 from bench.plan.host_facts import Capabilities, knob_support
-from loader.host import GpuInfo, HostCapabilities, flash_attn_packages
+from loader.host import GpuInfo, HostCapabilities, flash_attn_packages, quant_library_versions
 
 if TYPE_CHECKING:
     import argparse
@@ -211,6 +211,7 @@ def _host(nvml: NvmlFacts, child: dict[str, Any], flash: tuple[str | None, bool]
         bitsandbytes_version=child.get("bitsandbytes_version"),
         bitsandbytes_error=child.get("bitsandbytes_error"),
         bitsandbytes_devices=tuple(child.get("bitsandbytes_devices") or ()),
+        quant_libraries=quant_library_versions(),
     )
 
 

@@ -45,6 +45,10 @@ def host_rows(caps: Capabilities) -> list[tuple[str, str]]:
         ("CUDA driver", caps.cuda_driver_version or "-"),
         ("NVML", "available" if caps.nvml else f"unavailable: {caps.nvml_error}"),
         ("bitsandbytes", bnb),
+        (
+            "quantization libraries",
+            ", ".join(f"{d} {v}" for d, v in host.quant_libraries) or "none (pip install -e '.[quant]')",
+        ),
         ("flash-attn 2", caps.flash_attn_version or "not installed"),
         ("flash-attn 3", "installed" if caps.flash_attn_3 else "not installed"),
         ("torch", f"{caps.torch_version or '-'} (CUDA build {caps.torch_cuda_version or 'none'})"),

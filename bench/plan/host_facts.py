@@ -14,7 +14,7 @@ from loader.attention import ATTENTION, attention_unsupported_reason
 from loader.config import LoadConfig
 from loader.dtypes import DTYPES
 from loader.host import HostCapabilities
-from loader.quantization import quantization_unsupported_reason
+from loader.quantization import METHODS, quantization_unsupported_reason
 from loader.support import unsupported_reason
 
 __all__ = ["Capabilities", "knob_support"]
@@ -97,9 +97,11 @@ def knob_support(caps: Capabilities) -> list[dict[str, Any]]:
         "bnb-4bit-fp4": {"quantization": "bnb-4bit", "bnb_4bit_quant_type": "fp4"},
         "bnb-4bit-nf4-dq": {"quantization": "bnb-4bit", "bnb_4bit_use_double_quant": True},
     }
+    quant.update({name: {"quantization": name} for name in METHODS})
     for value, knobs in quant.items():
         config = LoadConfig(_PROBE_MODEL, **knobs)
-        rows.append(_row("quantization", value, quantization_unsupported_reason(config.quantization, host)))
+        reason = quantization_unsupported_reason(config.quantization, host, _half_dtype(host))
+        rows.append(_row("quantization", value, reason))
     half = _half_dtype(host)
     attention = [(a, False) for a in ATTENTION if a] + [("flex_attention", True)]
     for attn, training in attention:

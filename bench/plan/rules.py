@@ -17,6 +17,7 @@ from bench.plan.spec import MatrixSpec
 from loader import LoadConfigError
 from loader.dtypes import config_dtype, resolve_dtype
 from loader.host import HostCapabilities
+from loader.quantization import lora_unsupported_reason
 from loader.support import unsupported_reason
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ def apply_rules(
     if cell.quant != "none" and cell.mode == "full":
         return dataclasses.replace(
             cell,
-            skip_reason=f"rule kbit-trains-lora: {cell.quant} weights are frozen integers that AdamW cannot "
+            skip_reason=f"rule kbit-trains-lora: {cell.quant} weights are frozen quantized values that AdamW cannot "
             "update, so a k-bit cell trains LoRA adapters (QLoRA); use train_mode lora.",
         )
     if cell.find_max and cell.vram_limit_bytes is None and not caps.cuda:
@@ -110,8 +111,11 @@ def apply_rules(
         return dataclasses.replace(cell, skip_reason=f"rule host: {reason}")
     dropped = []
     if "train" in cell.workloads:
+        lora_reason = lora_unsupported_reason(load.quantization) if cell.mode == "lora" else None
         train_reason = unsupported_reason(load, caps, training=True, dtype=dtype)
-        if train_reason:
+        if lora_reason:
+            dropped.append(("train", f"rule quant-lora: {lora_reason}"))
+        elif train_reason:
             dropped.append(("train", f"rule host: {train_reason}"))
     if len(dropped) == len(cell.workloads):
         return dataclasses.replace(cell, skip_reason=dropped[0][1])

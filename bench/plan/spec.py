@@ -20,6 +20,7 @@ from bench.schema import FIND_MAX_TARGETS, TRAIN_MODES, WORKLOADS
 from loader import LoadConfig, RecipeShape
 from loader.attention import ATTENTION
 from loader.dtypes import DTYPES
+from loader.quantization import METHODS
 
 __all__ = [
     "ATTN_VALUES",
@@ -51,6 +52,8 @@ QUANT_VARIANTS: dict[str, dict[str, Any]] = {
     "nf4-dq": {"quantization": "bnb-4bit", "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True},
     "fp4-dq": {"quantization": "bnb-4bit", "bnb_4bit_quant_type": "fp4", "bnb_4bit_use_double_quant": True},
     "8bit": {"quantization": "bnb-8bit"},
+    # on-the-fly quantizers of transformers 5 (loader.quantization.METHODS): the value is the knob's
+    **{name: {"quantization": name} for name in METHODS},
 }
 ATTN_VALUES = tuple(a for a in ATTENTION if a is not None)
 CACHE_VALUES = ("auto", "on", "off")  # auto: off under checkpointing, on otherwise (open-r1)
@@ -247,6 +250,8 @@ class MatrixSpec:
             quant = "8bit"
         elif config.quantization == "bnb-4bit":
             quant = config.bnb_4bit_quant_type + ("-dq" if config.bnb_4bit_use_double_quant else "")
+        elif config.quantization in METHODS:
+            quant = config.quantization
         # from_recipe always sets recipe_shape; a shape with nothing in it takes the spec's defaults
         shape = config.recipe_shape or RecipeShape(None, None, None)
         load = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}

@@ -26,10 +26,14 @@ from bench.measure.reference_file import REFERENCE, cached_reference
 from bench.measure.sampler import NvmlSampler, handle_for, import_nvml
 from bench.plan.checkpoints import cache_root
 from bench.plan.models import materialize, resolve
+from bench.plan.spec import QUANT_VARIANTS
 from bench.run.messages import CalibrationTask, DriftTask, ProbeAnswer, ReferenceTask, Task
+from loader.quantization import METHODS
 
 TEMPLATE_MODULES = ["bench.run.template.kbit"]  # torch, transformers, peft, bitsandbytes; never CUDA
 BASE_TEMPLATE_MODULES = ["bench.run.template.base"]  # torch, transformers, the cell body: no k-bit cells
+# the full template and the on-the-fly quantizers' libraries (torchao, hqq, quanto): their cells need them
+QUANT_TEMPLATE_MODULES = [*TEMPLATE_MODULES, "bench.run.template.quant"]
 # Around either template: the collector paused while it imports, then its objects frozen (the first and
 # the last module the forkserver imports; it skips a module that fails to import and goes on to the next).
 TEMPLATE_FIRST, TEMPLATE_LAST = "bench.run.template.gc_pause", "bench.run.template.gc_freeze"
@@ -37,8 +41,17 @@ TEMPLATE_FIRST, TEMPLATE_LAST = "bench.run.template.gc_pause", "bench.run.templa
 
 def template_modules(quant: tuple[str, ...] | list[str]) -> list[str]:
     """What the template preloads for a run whose cells use these quantizations: bitsandbytes and peft
-    only when some cell is quantized (k-bit cells load through bitsandbytes and train LoRA adapters)."""
+    only when some cell is quantized (k-bit cells load through bitsandbytes and train LoRA adapters), and
+    the other quantizers' libraries only when some cell uses one."""
+    if any(QUANT_VARIANTS.get(q, {}).get("quantization") in METHODS for q in quant):
+        return QUANT_TEMPLATE_MODULES
     return BASE_TEMPLATE_MODULES if all(q == "none" for q in quant) else TEMPLATE_MODULES
+
+
+def _covers(running: list[str], wanted: list[str]) -> bool:
+    """Whether a forkserver that preloaded `running` has everything `wanted` would (the base template is
+    part of the full one, the full one part of the quantizers' one)."""
+    return wanted == BASE_TEMPLATE_MODULES or set(wanted) <= set(running)
 
 
 def worker_environment() -> None:
@@ -67,7 +80,7 @@ def begin_template(modules: list[str] | None = None) -> None:
     worker_environment()
     running = list(_TEMPLATE_PRELOAD)
     wanted = modules or running or TEMPLATE_MODULES
-    if running and wanted != running and running != TEMPLATE_MODULES:
+    if running and not _covers(running, wanted):
         stop_template()
     if not os.environ.get(TEMPLATE_LOG_ENV):
         fd, path = tempfile.mkstemp(prefix="loadbench-template-", suffix=".log")

@@ -14,6 +14,7 @@ from bench.plan.estimate.terms import (
     attention_backend,
     forward_peak,
     int8_kept_per_token_layer,
+    quant_method,
     saved_per_token_layer,
     weight_bytes,
 )
@@ -32,7 +33,7 @@ MiB = 1 << 20
 CUDA_CONTEXT_BYTES = 500 * MiB
 CUBLAS_WORKSPACE_BYTES = 32 * MiB  # torch's default cuBLAS/cuBLASLt workspace on sm90 (4096 KiB × 8)
 CPU_RUNTIME_BYTES = 12 * MiB  # fitted: see bench.plan.estimate's docstring
-_KBIT = tuple(q for q in QUANT_VARIANTS if q != "none")  # nf4, fp4, nf4-dq, fp4-dq, 8bit
+_KBIT = tuple(q for q in QUANT_VARIANTS if q != "none")  # bitsandbytes' and the on-the-fly quantizers' values
 
 Terms = dict[str, float]  # name -> bytes of the tensors alive at one candidate peak
 
@@ -178,7 +179,10 @@ def breakdown(
     out["decode"] = Phase({"weights": weights, **file_terms, **terms, "cuBLAS workspace": ws}, fixed, name)
 
     # train: forward + backward + AdamW step on the trainable parameters
-    a = 4 if kbit else w
+    # peft's prepare_model_for_kbit_training upcasts norms and embeddings, so activations are float32
+    # (bitsandbytes, FineGrainedFP8); it leaves torchao and HQQ models alone, and quanto skips it
+    method = quant_method(quant)
+    a = 4 if kbit and (method is None or method.upcasts) else w
     train_weights = weight_bytes(arch, dtype, quant, kbit_training=kbit)
     # peft keeps adapters in float32 on a half-precision model too (autocast_adapter_dtype)
     trainable, tw = (arch.lora_params(), 4) if lora else (arch.params, w)
@@ -191,16 +195,21 @@ def breakdown(
         largest = max(LORA_RANK * max(i, o) for i, o, _ in arch.linears) if lora else arch.largest_param
         opt_temp = 2 * largest * tw
     per_layer = saved_per_token_layer(arch, a=a, backend=backend, ctx=seq, lora=lora)
+    keeps = method.autograd_keeps if method is not None else ""
+    if keeps == "inputs":  # quanto's linears save their input (through the hooks: checkpointing drops it)
+        per_layer += int8_kept_per_token_layer(arch, a)
+    # torchao's linears save the dequantized weight (per layer; checkpointing keeps one layer's at a time)
+    layer_dequantized = arch.linear_params * w / arch.layers if keeps == "weights" else 0.0
     # the final norm: its float32 input, and (LM head trainable) its normalised value and output
-    final_norm = (4 if kbit else 4 + 2 * a) * arch.hidden * t
+    final_norm = (4 if lora else 4 + 2 * a) * arch.hidden * t
     stored: float
     if grad_ckpt:
         stored = a * arch.hidden * t * arch.layers + final_norm
         if quant == "8bit":
             stored += int8_kept_per_token_layer(arch, a) * t * arch.layers
-        recompute = per_layer * t
+        recompute = per_layer * t + layer_dequantized
     else:
-        stored = per_layer * t * arch.layers + final_norm
+        stored = per_layer * t * arch.layers + final_norm + layer_dequantized * arch.layers
         recompute = 0.0
     loss = 3 * t * v * 4  # float32 log-softmax output, its incoming and outgoing gradient
     common: Terms = {"weights": train_weights, "optimizer states": states}

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 
 from bench.plan.estimate.arch import DTYPE_BYTES, LORA_RANK, Arch
+from bench.plan.spec import QUANT_VARIANTS
+from loader.quantization import METHODS, QuantMethod
 
 __all__ = [
     "attention_backend",
@@ -19,20 +21,29 @@ __all__ = [
 ]
 
 
-def _quant_bytes(arch: Arch, quant: str) -> int:
-    """Bytes of the decoder linears' weights under a quantization (without the rest of the model)."""
+def quant_method(quant: str) -> QuantMethod | None:
+    """The on-the-fly quantizer behind a matrix quantization value (None: unquantized or bitsandbytes)."""
+    return METHODS.get(QUANT_VARIANTS.get(quant, {}).get("quantization", ""))
+
+
+def _quant_bytes(arch: Arch, quant: str, w: int) -> int:
+    """Bytes of the decoder linears' weights under a quantization (without the rest of the model);
+    `w` is the compute dtype's width (scales of some quantizers, layers they leave unquantized)."""
     total = 0
     for count, group in arch.linear_groups:
-        total += count * _group_quant_bytes(group, quant)
+        total += count * _group_quant_bytes(group, quant, w)
     return total
 
 
-def _group_quant_bytes(group: tuple[tuple[int, int, bool], ...], quant: str) -> int:
+def _group_quant_bytes(group: tuple[tuple[int, int, bool], ...], quant: str, w: int) -> int:
     """Bytes of one layer's linears of a group under a quantization."""
+    method = quant_method(quant)
     total = 0
     for i, o, _ in group:
         n = i * o
-        if quant in ("nf4", "fp4"):
+        if method is not None:
+            total += method.linear_bytes(i, o, w)
+        elif quant in ("nf4", "fp4"):
             total += (n + 1) // 2 + math.ceil(n / 64) * 4
         elif quant in ("nf4-dq", "fp4-dq"):
             blocks = math.ceil(n / 64)
@@ -46,12 +57,13 @@ def _group_quant_bytes(group: tuple[tuple[int, int, bool], ...], quant: str) -> 
 
 def weight_bytes(arch: Arch, dtype: str, quant: str, *, kbit_training: bool = False) -> int:
     """Resident weights: quantized linears + the rest in the compute dtype (float32 once peft's
-    prepare_model_for_kbit_training has run)."""
+    prepare_model_for_kbit_training has run, for the quantizers it upcasts)."""
     w = DTYPE_BYTES[dtype]
     if quant == "none":
         return arch.params * w + arch.buffer_bytes
-    rest = 4 if kbit_training else w
-    return _quant_bytes(arch, quant) + arch.other_params * rest + arch.buffer_bytes
+    method = quant_method(quant)
+    upcast = kbit_training and (method is None or method.upcasts)
+    return _quant_bytes(arch, quant, w) + arch.other_params * (4 if upcast else w) + arch.buffer_bytes
 
 
 def attention_backend(attn: str, device: str, act_bytes: int, arch: Arch, masked: bool = False) -> str:
@@ -123,7 +135,8 @@ def _linear_kernel_extra(arch: Arch, quant: str, a: int, tokens: int, device: st
             return max(i * o * 4 for i, o, _ in arch.linears)  # CPU: dequantized float weight
         # int8-quantized input, int32 accumulator, float16 result before the cast to the input dtype
         return max(tokens * (i + 6 * o) for i, o, _ in arch.linears)
-    return max(i * o * a for i, o, _ in arch.linears)  # 4-bit: weight dequantized for the matmul
+    # 4-bit, and the other quantizers' CPU paths: the weight dequantized for the matmul
+    return max(i * o * a for i, o, _ in arch.linears)
 
 
 def forward_peak(
@@ -169,14 +182,23 @@ def saved_per_token_layer(arch: Arch, *, a: int, backend: str, ctx: int, lora: b
     RMSNorm saves its float32 input (a copy unless the stream is float32) and its output (the
     next linear's input); a trainable norm weight also saves the normalised value it multiplies.
     Under LoRA the norms are frozen, so that one is not kept.
+
+    LoRA on half-precision activations (no float32 upcast: unquantized, torchao, HQQ, quanto): the
+    frozen base linears save no input; each float32 adapter casts its input and saves that copy (q, k
+    and v each their own), so the norms' and the product's half-precision outputs are not kept.
     """
     h, i = arch.hidden, arch.act_inter
+    lora_mid = 7 * 4 * LORA_RANK if lora else 0  # each adapter's A output, float32
+    attn = _attn_saved_per_token(arch, backend, a, ctx)
+    if lora and a != 4:
+        adapter_inputs = 4 * (5 * h + arch.q_dim + i)  # q, k, v, gate, up: h; o: q_dim; down: inter
+        return 2 * 4 * h + attn + 3 * a * i + adapter_inputs + lora_mid  # norms' float32 inputs; mlp
     norms = 2 * (4 + a + (0 if lora else a)) * h
     mlp = 4 * a * i  # gate output (silu input), silu output, up output, product (down input)
-    lora_mid = 7 * 4 * LORA_RANK if lora else 0  # each adapter's A output, float32
-    return norms + _attn_saved_per_token(arch, backend, a, ctx) + mlp + lora_mid
+    return norms + attn + mlp + lora_mid
 
 
 def int8_kept_per_token_layer(arch: Arch, a: int) -> float:
-    """Linear inputs MatMul8bitLt keeps on ctx.tensors (outside saved-tensor hooks) per token-layer."""
+    """Linear inputs MatMul8bitLt keeps on ctx.tensors (outside saved-tensor hooks) per token-layer;
+    quanto's linears save the same inputs (through the hooks)."""
     return a * (arch.hidden + arch.q_dim + arch.hidden + arch.act_inter)

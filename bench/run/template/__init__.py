@@ -6,5 +6,7 @@ In the order the forkserver imports them:
     quiet      (first in either template) library output to the template log; a thread-safe tqdm
     base       torch, transformers, model code and the cell body: runs without quantized cells
     kbit       base plus bitsandbytes (under an NVML capability patch) and peft: runs with k-bit cells
+    quant      after kbit: the on-the-fly quantizers' libraries (torchao, hqq, quanto) and transformers'
+               quantizer modules, for runs with cells of those quantizations
     gc_freeze  collect once, freeze what is left, resume the collector
 """
