@@ -1,4 +1,4 @@
-"""What this host can run: CUDA GPUs, flash-attn, bitsandbytes.
+"""What this host can run: CUDA GPUs, flash-attn, hub kernels, bitsandbytes.
 
 The loader checks a config against these facts before it calls transformers, so a config the host
 cannot run fails with one sentence instead of a kernel error. `probe_host()` touches CUDA; code that
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -33,6 +35,8 @@ class HostCapabilities:
     bitsandbytes_version: str | None = None
     bitsandbytes_error: str | None = None
     bitsandbytes_devices: tuple[str, ...] = field(default_factory=tuple)
+    kernels_version: str | None = None  # the `kernels` package (hub kernels), None when not installed
+    hub_kernels: tuple[str, ...] = ()  # HUB_ATTENTION_KERNELS found in the local cache at their version
 
     @property
     def cuda(self) -> bool:
@@ -64,6 +68,8 @@ class HostCapabilities:
             bitsandbytes_version=data.get("bitsandbytes_version"),
             bitsandbytes_error=data.get("bitsandbytes_error"),
             bitsandbytes_devices=tuple(data.get("bitsandbytes_devices", ())),
+            kernels_version=data.get("kernels_version"),
+            hub_kernels=tuple(data.get("hub_kernels", ())),
         )
 
 
@@ -85,6 +91,31 @@ def flash_attn_packages() -> tuple[str | None, bool]:
     fa2 = _dist_version("flash-attn") if importlib.util.find_spec("flash_attn") else None
     fa3 = importlib.util.find_spec("flash_attn_interface") is not None
     return fa2, fa3
+
+
+# Hub attention kernels (repo id -> the major version transformers loads), looked for in the local cache.
+HUB_ATTENTION_KERNELS = {"kernels-community/flash-attn2": 4}
+
+
+def hub_kernel_cached(repo: str, version: int) -> bool:
+    """Whether `repo` at `version` is in the kernels cache, as `kernels` finds it offline: the ref `v<N>` of
+    the kernel repository and the snapshot it names. Reads files only (importing kernels imports torch)."""
+    from huggingface_hub import constants
+
+    root = os.environ.get("KERNELS_CACHE") or constants.HF_HUB_CACHE
+    folder = Path(root) / ("kernels--" + repo.replace("/", "--"))
+    try:
+        commit = (folder / "refs" / f"v{version}").read_text().strip()
+    except OSError:
+        return False
+    return bool(commit) and (folder / "snapshots" / commit).is_dir()
+
+
+def hub_kernel_facts() -> tuple[str | None, tuple[str, ...]]:
+    """(kernels package version or None, the HUB_ATTENTION_KERNELS in the local cache)."""
+    version = _dist_version("kernels") if importlib.util.find_spec("kernels") else None
+    cached = tuple(repo for repo, v in HUB_ATTENTION_KERNELS.items() if hub_kernel_cached(repo, v))
+    return version, cached
 
 
 def probe_bitsandbytes(cuda: bool) -> tuple[str | None, str | None, tuple[str, ...]]:
@@ -120,7 +151,8 @@ def probe_host(bitsandbytes: BnbFacts | None = None) -> HostCapabilities:
             gpus.append(GpuInfo(props.name, int(props.total_memory), cc, cc >= (8, 0)))
     fa2, fa3 = flash_attn_packages()
     bnb_version, bnb_error, bnb_devices = bitsandbytes or probe_bitsandbytes(bool(gpus))
-    return HostCapabilities(tuple(gpus), fa2, fa3, bnb_version, bnb_error, bnb_devices)
+    kernels, hub = hub_kernel_facts()
+    return HostCapabilities(tuple(gpus), fa2, fa3, bnb_version, bnb_error, bnb_devices, kernels, hub)
 
 
 @functools.cache

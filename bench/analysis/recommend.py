@@ -129,6 +129,8 @@ def candidates(frame: pd.DataFrame, task: str) -> list[Choice]:
         if rate is None or peak is None:
             continue
         knobs = {k: row.get(k) for k in KNOBS}
+        if task == "train":  # the decode mode changes generation only
+            knobs.pop("decode", None)
         if task == "infer":  # what differs at inference is the KV cache (checkpointing only turns it off)
             del knobs["grad_ckpt"]
             cache = row.get(DECODE_CACHE_COLUMN)
@@ -156,6 +158,9 @@ def _knob_words(name: str, value: Any) -> str:
         return f"KV cache {knob_text(name, value)}"
     if name == "kv_cache":
         return "KV cache unknown" if value is None else f"KV cache {'on' if value else 'off'}"
+    if name == "decode":
+        words = {"dynamic": "dynamic KV cache", "static": "static KV cache", "compiled": "compiled decode"}
+        return words.get(str(value), knob_text(name, value))
     if name in ("batch", "seq", "threads"):
         return f"{name} {knob_text(name, value)}"
     if name == "new_tokens":
