@@ -34,3 +34,20 @@ tar -C "$OUT/run/$PRESET" -czf "$OUT/logs.tgz" logs && rm -rf "$OUT/run/$PRESET/
 # Where the run's time went (issue 15): the harness's own share of gpu-quick, from run.json.
 python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1])).get('time_accounting'), indent=1))" \
   "$OUT/run/$PRESET/run.json" > "$OUT/accounting.json" 2>&1
+# Attention values and decode modes (issue 21; docs/attention-and-decode.md): every sdpa pin, kernels-hub flash
+# (skipped with its fetch command when the kernel is not cached: the device machine is offline), and dynamic /
+# static / compiled decode with the compile timed apart; inference only, bf16, on the preset's model.
+ATTN_DIR="$OUT/run/attn-decode"
+timeout ${ATTN_TIMEOUT:-240} python3 -m bench.cli run --model "$(python3 -c "import yaml; print(yaml.safe_load(open('bench/presets/$PRESET.yaml'))['model'])")" \
+  --dtype bfloat16 --quant none --attn sdpa,sdpa:math,sdpa:flash,sdpa:efficient,sdpa:cudnn,kernels-flash \
+  --decode dynamic,static,compiled --grad-ckpt off --workloads prefill,decode --budget "$BUDGET" \
+  --out "$ATTN_DIR" --no-live > "$OUT/attn-decode-summary.txt" 2>&1
+echo "exit $?" >> "$OUT/attn-decode-summary.txt"
+python3 -c "
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    print(r['label'], r['status'], r.get('attn.sdpa_kernel'), r.get('decode.sdpa_kernel'), r.get('decode.compile_s'),
+          r.get('decode.compile_cache'), r.get('decode.ttft_s'), r.get('decode.tokens_per_s'), r.get('reason'))
+" "$ATTN_DIR/records.jsonl" > "$OUT/attn-decode-records.txt" 2>&1
+rm -rf "$ATTN_DIR/claims" "$ATTN_DIR/logs" "$ATTN_DIR/records.jsonl.lock"

@@ -54,21 +54,30 @@ def sdpa_kernel_columns(model: Any, input_ids: torch.Tensor, attn: str | None) -
 
 
 def decode_kernel_columns(
-    generate: Callable[[], Any], attn: str | None, per_forward: int, forwards: int
+    generate: Callable[[], Any], attn: str | None, per_forward: int, forwards: int, pin: str | None = None
 ) -> dict[str, Any]:
     """decode.sdpa_kernel: the kernels one generation of `forwards` forwards ran; "+inductor" when some of
-    them made no aten sdpa call (compiled forwards, whose attention inductor generated and no pin reaches)."""
+    them made no aten sdpa call (compiled forwards whose attention inductor generated). With a `pin`, a note
+    says when any forward ran another kernel than the pinned one: a pin does not reach inside a compiled
+    graph, whose kernels inductor chose when it compiled."""
     if attn != "sdpa" or per_forward == 0:
         return _not_sdpa(DECODE_KERNEL_COLUMN, attn)
     calls = sdpa_calls(generate)
     kernels = sorted(calls)
     eager = sum(calls.values()) // per_forward
-    out: dict[str, Any] = {}
+    notes = []
     if eager < forwards:
         kernels.append("inductor")
-        out[f"{DECODE_KERNEL_COLUMN}.note"] = (
-            f"{forwards - eager} of {forwards} forwards per generation ran compiled attention (inductor's "
-            "code): an sdpa pin does not reach inside a compiled graph"
+        notes.append(
+            f"{forwards - eager} of {forwards} forwards per generation ran attention as inductor's code"
         )
-    out[DECODE_KERNEL_COLUMN] = "+".join(kernels)
+    others = sorted(set(calls) - {pin}) if pin is not None else []
+    if others:
+        notes.append(
+            f"{sum(calls[k] for k in others)} sdpa call(s) per generation ran {'+'.join(others)} although the "
+            f"pin asked for {pin} (a pin does not reach inside a compiled graph)"
+        )
+    out: dict[str, Any] = {DECODE_KERNEL_COLUMN: "+".join(kernels)}
+    if notes:
+        out[f"{DECODE_KERNEL_COLUMN}.note"] = "; ".join(notes)
     return out

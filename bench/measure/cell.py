@@ -209,6 +209,7 @@ def _decode_kernels(cell: Cell, config: Any, work: Workload, sdpa_per_forward: i
         config.attn_implementation,
         sdpa_per_forward,
         work.new_tokens,
+        pin=config.sdpa_backend,
     )
 
 
