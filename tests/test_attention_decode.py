@@ -339,10 +339,12 @@ def test_run_gives_ok_records_for_the_cpu_values(tmp_path, ckpt_cache, monkeypat
     monkeypatch.setenv("LOADBENCH_CACHE", str(ckpt_cache))
     out = tmp_path / "run"
     args = ["--quant", "none,nf4", "--attn", "sdpa,sdpa:math", "--decode", "dynamic,compiled"]
-    args += ["--grad-ckpt", "off", "--workloads", "prefill,decode", "--seq", "16", "--new-tokens", "4"]
+    args += ["--dtype", "float32", "--grad-ckpt", "off", "--workloads", "prefill,decode"]
+    args += ["--seq", "16", "--new-tokens", "4"]
     assert main(["run", *args, "--out", str(out), "--no-live", "--budget", "0.1"]) == 0
-    records = {(r["quant"], r["attn"], r["decode"]): r for r in RunStore.open(out).records()}
-    assert len(records) == 8
+    stored = RunStore.open(out).records()
+    records = {(r["quant"], r["attn"], r["decode"]): r for r in stored}
+    assert len(records) == len(stored) == 8
     for key, r in records.items():
         if key[0] == "nf4" and key[2] == "compiled":
             assert r["status"] == "skipped" and r["reason"].startswith("rule compile-quantized:")
@@ -350,3 +352,30 @@ def test_run_gives_ok_records_for_the_cpu_values(tmp_path, ckpt_cache, monkeypat
         assert r["status"] == "ok", (key, r.get("reason"))
         assert r["decode"] == key[2] and (r["decode.compile_s"] is not None) == (key[2] == "compiled")
     assert records[("none", "sdpa:math", "compiled")]["attn.sdpa_kernel"] == "math"
+    # the new axis flows into the report and recommend: a decode column, the compile apart from tok/s
+    from bench.analysis.frame import to_frame
+    from bench.analysis.recommend import candidates
+
+    report = (out / "report.md").read_text()
+    assert "| decode | load |" in report and "compile (once)" in report
+    choices = candidates(to_frame(out), "infer")
+    assert len(choices) == 6
+    for choice in choices:
+        assert (choice.compile_s is not None) == (
+            choice.knobs["decode"] == "compiled"
+        ) and choice.compile_s != 0
+
+
+# -- readers: records from before the decode axis read as dynamic ----------------------------------------------
+
+
+def test_records_from_before_the_axis_read_as_dynamic_decode() -> None:
+    from bench.analysis.compare.matching import _knob_key
+    from bench.analysis.frame import to_frame
+
+    run = ROOT / "results" / "h100-2026-11-27"
+    frame = to_frame(run)
+    assert set(frame["decode"]) == {"dynamic"}
+    old = json.loads((run / "records.jsonl").read_text().splitlines()[0])
+    assert "decode" not in old
+    assert _knob_key(old) == _knob_key({**old, "decode": "dynamic"}) != _knob_key({**old, "decode": "static"})
