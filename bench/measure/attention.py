@@ -4,8 +4,9 @@ The record says which backend ran rather than which was asked for: unpinned sdpa
 flash kernel, or on CUDA flash, efficient, cuDNN or math by dtype, shape and mask), and a pinned one is
 confirmed by the op name. Two untimed probes run under the cell's pin: one no-grad forward of the
 workload's shape (attn.sdpa_kernel), and one whole generation of the cell's decode mode
-(decode.sdpa_kernel). A pin restricts torch's eager dispatch only: a torch.compile'd forward runs
-attention as inductor's own code, which the decode probe sees as forwards without an aten sdpa call.
+(decode.sdpa_kernel). A pin restricts torch's eager dispatch only: a torch.compile'd forward runs the
+attention inductor chose (seen on the CPU: the flash kernel under a math pin) or its own generated code,
+which the decode probe sees as forwards without an aten sdpa call.
 """
 
 from __future__ import annotations
