@@ -379,3 +379,17 @@ def test_records_from_before_the_axis_read_as_dynamic_decode() -> None:
     old = json.loads((run / "records.jsonl").read_text().splitlines()[0])
     assert "decode" not in old
     assert _knob_key(old) == _knob_key({**old, "decode": "dynamic"}) != _knob_key({**old, "decode": "static"})
+
+
+def test_find_max_probes_decode_in_the_cells_mode_under_its_pin(tiny_llama) -> None:
+    """--find-max's probe loads and generates as the cell does (its decode mode, its pin), and a value the
+    host cannot run ends the search with the loader's sentence instead of a shape measured another way."""
+    from bench.measure.findmax import probe
+
+    cell = Cell(
+        "tiny-llama", "fp", "float32", "none", "sdpa:math", False, "auto", ("decode",), Shape(2, 16, 4), 1
+    )
+    status, peak, _ = probe(dataclasses.replace(cell, decode="static"), tiny_llama)
+    assert status == "fits" and peak
+    status, _, why = probe(dataclasses.replace(cell, attn="sdpa:efficient", decode="static"), tiny_llama)
+    assert status == "error" and "the sdpa efficient kernel exists only on CUDA GPUs" in why
