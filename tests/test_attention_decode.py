@@ -254,6 +254,25 @@ def test_a_pin_runs_the_pinned_kernel_and_torch_refuses_the_cuda_only_ones_here(
             model(ids, use_cache=False)
 
 
+def test_a_pinned_kernel_torch_refuses_ends_the_cell_unsupported() -> None:
+    from bench.measure.cell import classify
+
+    q = torch.randn(1, 2, 8, 16)
+    with sdpa_pin("efficient"), pytest.raises(RuntimeError) as err:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    outcome = classify(err.value)
+    assert outcome.status == "unsupported" and "No viable backend" in outcome.reason
+
+
+def test_recipes_name_the_new_attention_values(tiny_llama) -> None:
+    from bench.plan.spec import attn_value
+
+    assert attn_value(LoadConfig(str(tiny_llama), attn_implementation=KERNELS_FLASH)) == "kernels-flash"
+    pinned = LoadConfig(str(tiny_llama), attn_implementation="sdpa", sdpa_backend="cudnn")
+    assert attn_value(pinned) == "sdpa:cudnn"
+    assert attn_value(LoadConfig(str(tiny_llama))) == "sdpa"
+
+
 def _decode_cell(tiny_llama: Path, attn: str, decode: str) -> dict:
     cell = Cell(
         "tiny-llama", "fp", "float32", "none", attn, False, "auto", ("prefill", "decode"), Shape(1, 16, 4), 1

@@ -49,11 +49,19 @@ def _cpu_allocation_failure(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
+# torch's refusal when sdpa is pinned to a kernel that cannot take the call (CPU wording, then CUDA's)
+_SDPA_REFUSALS = ("No viable backend for scaled_dot_product_attention", "No available kernel")
+
+
+def _sdpa_refusal(exc: BaseException) -> bool:
+    return isinstance(exc, RuntimeError) and any(text in str(exc) for text in _SDPA_REFUSALS)
+
+
 def classify(exc: BaseException) -> CellOutcome:
     """A failure as a final status with its reason (DESIGN.md section 5)."""
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or _cpu_allocation_failure(exc):
         status = "oom"
-    elif isinstance(exc, (UnsupportedOnHost, NotImplementedError)):
+    elif isinstance(exc, (UnsupportedOnHost, NotImplementedError)) or _sdpa_refusal(exc):
         status = "unsupported"
     elif isinstance(exc, InvalidMeasurement):
         status = "invalid"
