@@ -17,8 +17,10 @@ __all__ = [
     "AB_KEY",
     "AB_SIDES",
     "ALL_STATUSES",
+    "ATTN_KERNEL_COLUMN",
     "CI_LEVEL",
     "DECODE_CACHE_COLUMN",
+    "DECODE_MODES",
     "DRIFT_KEY",
     "DRIFT_POINTS",
     "FAILED_STATUSES",
@@ -27,6 +29,7 @@ __all__ = [
     "FIT_COLUMNS",
     "FIT_VERDICTS",
     "KNOBS",
+    "KNOB_DEFAULTS",
     "MATCH_KNOBS",
     "METRICS",
     "MISSING_STATUS",
@@ -96,14 +99,32 @@ KNOBS = (
     "threads",
     "vram_limit_bytes",
     "train_mode",
+    "decode",
 )
+# How decode generates: "dynamic" (transformers' growing KV cache, what every record before this knob
+# measured), "static" (a StaticCache preallocated to prompt + new tokens, no compiling) and "compiled"
+# (the static cache with the forward of each generated token torch.compile'd, the compile timed apart).
+DECODE_MODES = ("dynamic", "static", "compiled")
+# The value a knob had before it was a column: readers give it to records that lack the column.
+KNOB_DEFAULTS = {"decode": "dynamic"}
 # What a train workload trains: every parameter ("full", AdamW) or LoRA adapters ("lora", peft). The
 # default is "full" for unquantized cells and "lora" for k-bit ones (QLoRA); k-bit + full is skipped.
 TRAIN_MODES = ("full", "lora")
 # --find-max: the shape knob a search maximises under the memory budget.
 FIND_MAX_TARGETS = ("batch", "seq")
 # The knobs two runs' cells are matched by when their checkpoints differ (so `model` is not one of them).
-MATCH_KNOBS = ("dtype", "quant", "attn", "grad_ckpt", "use_cache", "batch", "seq", "new_tokens", "threads")
+MATCH_KNOBS = (
+    "dtype",
+    "quant",
+    "attn",
+    "grad_ckpt",
+    "use_cache",
+    "batch",
+    "seq",
+    "new_tokens",
+    "threads",
+    "decode",
+)
 WORKLOADS = ("prefill", "train", "decode")
 # Memory phases: the load and each workload.
 PHASES = ("load", "prefill", "decode", "train")
@@ -158,6 +179,11 @@ _FIXED: tuple[Metric, ...] = (
     _m("decode.ttft_s", "s", "lower", "time", sampled=True),
     _m("decode.tpot_s", "s", "lower", "time", sampled=True),
     _m("decode.tokens_per_s", "tokens/s", "higher", "throughput", sampled=True),
+    # decode=compiled: what compiling added to the first generation (never part of a timed sample), the
+    # graphs torch.compile built and the graph breaks it hit while doing so
+    _m("decode.compile_s", "s", "lower", "time"),
+    _m("decode.compiled_graphs", "count", None, "count"),
+    _m("decode.graph_breaks", "count", None, "count"),
     _m("prefill.flops_per_token", "FLOPs", None, "count"),
     _m("train.flops_per_token", "FLOPs", None, "count"),
     _m("prefill.mfu", "fraction", "higher", "ratio"),
@@ -194,6 +220,9 @@ MIN_SAMPLES = 10
 STOP_REASONS = ("settled", "max_n", "budget", "fixed")
 # Whether decode ran with the KV cache (the resolved value of the `use_cache` knob), on every decode record.
 DECODE_CACHE_COLUMN = "decode.use_cache"
+# Which kernel torch's scaled_dot_product_attention ran in a probe forward of the prefill shape (math,
+# flash, efficient, cudnn), read back from the op the profiler saw; null with a reason for other attention.
+ATTN_KERNEL_COLUMN = "attn.sdpa_kernel"
 
 # --- run.json: machine drift --------------------------------------------------------------------------------
 # run.json[DRIFT_KEY] = {"start": probe, "end": probe, "end_over_start": float | None}: a fixed calibration
@@ -302,11 +331,20 @@ def default_train_mode(quant: str) -> str:
 
 
 def cell_label(
-    dtype: str, quant: str, attn: str, grad_ckpt: bool, use_cache: str, train_mode: str | None = None
+    dtype: str,
+    quant: str,
+    attn: str,
+    grad_ckpt: bool,
+    use_cache: str,
+    train_mode: str | None = None,
+    decode: str | None = None,
 ) -> str:
     """Human name of a cell: dtype/quant/attn/ckpt-or-not/cache-value, as records and reports show it;
-    a train mode other than the quantization's default is appended ("/lora" on an unquantized cell)."""
+    a train mode other than the quantization's default is appended ("/lora" on an unquantized cell), and
+    so is a decode mode other than dynamic ("/decode-compiled")."""
     label = f"{dtype}/{quant}/{attn}/{'ckpt' if grad_ckpt else 'no-ckpt'}/cache-{use_cache}"
     if train_mode is not None and train_mode != default_train_mode(quant):
         label += f"/{train_mode}"
+    if decode is not None and decode != KNOB_DEFAULTS["decode"]:
+        label += f"/decode-{decode}"
     return label

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loader.attention import ATTENTION
+from loader.attention import ATTENTION, SDPA_BACKENDS
 from loader.dtypes import QUANT_STORAGE, normalize_dtype, resolve_dtype
 from loader.errors import LoadConfigError, bad_value
 from loader.files import model_config_dir
@@ -44,6 +44,9 @@ class LoadConfig:
     trust_remote_code: bool = False
     dtype: str = "auto"
     attn_implementation: str | None = None
+    # pin torch's sdpa to one kernel (math, flash, efficient, cudnn) around the model's calls: sdpa only;
+    # transformers does not pin, so callers wrap their calls in loader.attention.sdpa_pin(sdpa_backend)
+    sdpa_backend: str | None = None
     quantization: str = "none"
     bnb_4bit_quant_type: str = "nf4"
     bnb_4bit_use_double_quant: bool = False
@@ -77,6 +80,14 @@ class LoadConfig:
         object.__setattr__(self, "dtype", normalize_dtype(self.dtype))
         if self.attn_implementation not in ATTENTION:
             raise bad_value("attn_implementation", self.attn_implementation, ATTENTION)
+        if self.sdpa_backend is not None:
+            if self.sdpa_backend not in SDPA_BACKENDS:
+                raise bad_value("sdpa_backend", self.sdpa_backend, (None, *SDPA_BACKENDS))
+            if self.attn_implementation != "sdpa":
+                raise LoadConfigError(
+                    f"sdpa_backend={self.sdpa_backend!r} pins a kernel of torch's sdpa, but "
+                    f"attn_implementation={self.attn_implementation!r}; set attn_implementation='sdpa'."
+                )
         if self.quantization not in QUANTIZATION:
             raise bad_value("quantization", self.quantization, QUANTIZATION)
         if self.bnb_4bit_quant_type not in QUANT_TYPES:

@@ -1,4 +1,4 @@
-"""What this host can run: CUDA GPUs, flash-attn, bitsandbytes, the other quantization libraries.
+"""What this host can run: CUDA GPUs, flash-attn, hub kernels, bitsandbytes, the other quantization libraries.
 
 The loader checks a config against these facts before it calls transformers, so a config the host
 cannot run fails with one sentence instead of a kernel error. `probe_host()` touches CUDA; code that
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -33,6 +35,8 @@ class HostCapabilities:
     bitsandbytes_version: str | None = None
     bitsandbytes_error: str | None = None
     bitsandbytes_devices: tuple[str, ...] = field(default_factory=tuple)
+    kernels_version: str | None = None  # the `kernels` package (hub kernels), None when not installed
+    hub_kernels: tuple[str, ...] = ()  # HUB_ATTENTION_KERNELS found in the local cache at their version
     # (distribution, version) of the installed quantization libraries (loader.quantization.METHODS)
     quant_libraries: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
@@ -66,6 +70,8 @@ class HostCapabilities:
             bitsandbytes_version=data.get("bitsandbytes_version"),
             bitsandbytes_error=data.get("bitsandbytes_error"),
             bitsandbytes_devices=tuple(data.get("bitsandbytes_devices", ())),
+            kernels_version=data.get("kernels_version"),
+            hub_kernels=tuple(data.get("hub_kernels", ())),
             quant_libraries=tuple((str(d), str(v)) for d, v in data.get("quant_libraries", ())),
         )
 
@@ -101,6 +107,31 @@ def quant_library_versions() -> tuple[tuple[str, str], ...]:
     return tuple((name, version) for name, version in found if version is not None)
 
 
+# Hub attention kernels (repo id -> the major version transformers loads), looked for in the local cache.
+HUB_ATTENTION_KERNELS = {"kernels-community/flash-attn2": 4}
+
+
+def hub_kernel_cached(repo: str, version: int) -> bool:
+    """Whether `repo` at `version` is in the kernels cache, as `kernels` finds it offline: the ref `v<N>` of
+    the kernel repository and the snapshot it names. Reads files only (importing kernels imports torch)."""
+    from huggingface_hub import constants
+
+    root = os.environ.get("KERNELS_CACHE") or constants.HF_HUB_CACHE
+    folder = Path(root) / ("kernels--" + repo.replace("/", "--"))
+    try:
+        commit = (folder / "refs" / f"v{version}").read_text().strip()
+    except OSError:
+        return False
+    return bool(commit) and (folder / "snapshots" / commit).is_dir()
+
+
+def hub_kernel_facts() -> tuple[str | None, tuple[str, ...]]:
+    """(kernels package version or None, the HUB_ATTENTION_KERNELS in the local cache)."""
+    version = _dist_version("kernels") if importlib.util.find_spec("kernels") else None
+    cached = tuple(repo for repo, v in HUB_ATTENTION_KERNELS.items() if hub_kernel_cached(repo, v))
+    return version, cached
+
+
 def probe_bitsandbytes(cuda: bool) -> tuple[str | None, str | None, tuple[str, ...]]:
     """(version, error, devices bitsandbytes can quantize on). Imports bitsandbytes (and torch)."""
     try:
@@ -134,8 +165,17 @@ def probe_host(bitsandbytes: BnbFacts | None = None) -> HostCapabilities:
             gpus.append(GpuInfo(props.name, int(props.total_memory), cc, cc >= (8, 0)))
     fa2, fa3 = flash_attn_packages()
     bnb_version, bnb_error, bnb_devices = bitsandbytes or probe_bitsandbytes(bool(gpus))
+    kernels, hub = hub_kernel_facts()
     return HostCapabilities(
-        tuple(gpus), fa2, fa3, bnb_version, bnb_error, bnb_devices, quant_libraries=quant_library_versions()
+        tuple(gpus),
+        fa2,
+        fa3,
+        bnb_version,
+        bnb_error,
+        bnb_devices,
+        kernels_version=kernels,
+        hub_kernels=hub,
+        quant_libraries=quant_library_versions(),
     )
 
 

@@ -22,5 +22,9 @@ def unsupported_reason(
     if dtype == "bfloat16" and caps.cuda and not caps.gpus[0].bf16:
         return f"dtype='bfloat16' needs a GPU of compute capability 8.0+; {caps.gpus[0].name} has no bf16."
     return quantization_unsupported_reason(config.quantization, caps, dtype) or attention_unsupported_reason(
-        config.attn_implementation, dtype, caps, training=training or config.gradient_checkpointing
+        config.attn_implementation,
+        dtype,
+        caps,
+        training=training or config.gradient_checkpointing,
+        sdpa_backend=config.sdpa_backend,
     )

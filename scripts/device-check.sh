@@ -72,4 +72,14 @@ timeout ${QUANT_TIMEOUT:-240} python3 -m bench.cli run --model "$QUANT_MODEL" --
   --budget "$BUDGET" --min-samples 3 --out "$WORK/quant" --no-live > "$OUT/quant-summary.txt" 2>&1
 echo "exit $?" >> "$OUT/quant-summary.txt"
 flat quant "$WORK/quant"
+
+# Attention values and decode modes (issue 21; docs/attention-and-decode.md): every sdpa pin, kernels-hub flash
+# (skipped with its fetch command when the kernel is not cached: the device machine is offline), and dynamic /
+# static / compiled decode with the compile timed apart; inference only, bf16, on the preset's model.
+timeout ${ATTN_TIMEOUT:-240} python3 -m bench.cli run --model "$QUANT_MODEL" \
+  --dtype bfloat16 --quant none --attn sdpa,sdpa:math,sdpa:flash,sdpa:efficient,sdpa:cudnn,kernels-flash \
+  --decode dynamic,static,compiled --grad-ckpt off --workloads prefill,decode --budget "$BUDGET" \
+  --out "$WORK/attn-decode" --no-live > "$OUT/attn-decode-summary.txt" 2>&1
+echo "exit $?" >> "$OUT/attn-decode-summary.txt"
+flat attn-decode "$WORK/attn-decode"
 rm -rf "$WORK"

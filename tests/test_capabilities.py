@@ -252,7 +252,8 @@ def test_knob_support_on_this_host(real_caps: tuple[cap.Capabilities, float]) ->
     for value in ("none", "bnb-8bit", "bnb-4bit-nf4", "bnb-4bit-fp4", "bnb-4bit-nf4-dq"):
         assert _row(caps, "quantization", value)["ok"], value
     assert _row(caps, "device", "cuda")["reason"] == "device='cuda' needs a CUDA GPU; this host has none."
-    assert {r["knob"] for r in cap.knob_support(caps)} == {"dtype", "quantization", "attention", "device"}
+    knobs = {r["knob"] for r in cap.knob_support(caps)}
+    assert knobs == {"dtype", "quantization", "attention", "decode", "device"}
 
 
 def test_knob_support_without_bitsandbytes() -> None:

@@ -20,7 +20,7 @@ from bench.analysis.values import is_missing
 from bench.errors import ReportError
 from bench.run.ownership import own_records
 from bench.run.store import RunStore, environments
-from bench.schema import FINAL_STATUSES, KNOBS, SCHEMA_VERSION
+from bench.schema import FINAL_STATUSES, KNOB_DEFAULTS, KNOBS, SCHEMA_VERSION
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -186,6 +186,8 @@ def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
     for column in (*IDENTITY, *KNOBS):
         if column not in frame.columns:
             frame[column] = None
+    for knob, default in KNOB_DEFAULTS.items():  # records written before the knob was a column
+        frame[knob] = frame[knob].where(frame[knob].notna(), default)
     for column in [c for c in frame.columns if is_object_dtype(frame[c])]:
         if column.endswith(".samples"):
             frame[column] = frame[column].map(lambda v: v if type(v) is list else None)

@@ -56,6 +56,7 @@ class Choice:
     memory_column: str  # the column the peak came from (the largest phase)
     throughput_p10: float | None = None
     throughput_p90: float | None = None
+    compile_s: float | None = None  # decode=compiled: the one-off compile, never part of the throughput
 
     def spare(self, budget: float) -> float:
         return budget - self.peak_bytes
@@ -123,12 +124,15 @@ def candidates(frame: pd.DataFrame, task: str) -> list[Choice]:
         return []
     columns = [c for c in ok.columns if c.startswith("mem.") or c in (*KNOBS, "cell_id", "label")]
     columns += [metric, f"{metric}.p10", f"{metric}.p90", "prefill.tokens_per_s", DECODE_CACHE_COLUMN]
+    columns += ["decode.compile_s"]
     out = []
     for row in rows(ok, columns):
         rate, peak = number(row.get(metric)), _peak(row, PHASES[task])
         if rate is None or peak is None:
             continue
         knobs = {k: row.get(k) for k in KNOBS}
+        if task == "train":  # the decode mode changes generation only
+            knobs.pop("decode", None)
         if task == "infer":  # what differs at inference is the KV cache (checkpointing only turns it off)
             del knobs["grad_ckpt"]
             cache = row.get(DECODE_CACHE_COLUMN)
@@ -137,7 +141,15 @@ def candidates(frame: pd.DataFrame, task: str) -> list[Choice]:
         spread = number(row.get(f"{metric}.p10")), number(row.get(f"{metric}.p90"))
         out.append(
             Choice(
-                str(row["cell_id"]), str(row.get("label") or ""), knobs, rate, metric, prefill, *peak, *spread
+                str(row["cell_id"]),
+                str(row.get("label") or ""),
+                knobs,
+                rate,
+                metric,
+                prefill,
+                *peak,
+                *spread,
+                compile_s=number(row.get("decode.compile_s")) if task == "infer" else None,
             )
         )
     return out
@@ -156,6 +168,9 @@ def _knob_words(name: str, value: Any) -> str:
         return f"KV cache {knob_text(name, value)}"
     if name == "kv_cache":
         return "KV cache unknown" if value is None else f"KV cache {'on' if value else 'off'}"
+    if name == "decode":
+        words = {"dynamic": "dynamic KV cache", "static": "static KV cache", "compiled": "compiled decode"}
+        return words.get(str(value), knob_text(name, value))
     if name in ("batch", "seq", "threads"):
         return f"{name} {knob_text(name, value)}"
     if name == "new_tokens":
@@ -189,6 +204,8 @@ def _rate(choice: Choice) -> str:
     main = f"{choice.throughput_metric.split('.')[0]} {units.fmt_rate(choice.throughput)}"
     if choice.throughput_metric == "decode.tokens_per_s" and choice.prefill_tokens_per_s is not None:
         main += f" (prefill {units.fmt_rate(choice.prefill_tokens_per_s)})"
+    if choice.compile_s is not None:
+        main += f" after compiling once for {units.fmt_seconds(choice.compile_s)}"
     return main
 
 

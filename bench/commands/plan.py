@@ -29,6 +29,7 @@ SPEC_OVERRIDES = (
     "attn",
     "grad_ckpt",
     "use_cache",
+    "decode",
     "workloads",
     "batch",
     "seq",
@@ -71,10 +72,19 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dtype", help="comma list: auto,bfloat16,float16,float32")
     p.add_argument("--quant", help=QUANT_HELP)
-    p.add_argument("--attn", help="comma list: eager,sdpa,flash_attention_2,flash_attention_3,flex_attention")
+    p.add_argument(
+        "--attn",
+        help="comma list: eager,sdpa,flash_attention_2,flash_attention_3,flex_attention,"
+        "sdpa:math,sdpa:flash,sdpa:efficient,sdpa:cudnn (sdpa pinned to one kernel),kernels-flash (kernels hub)",
+    )
     p.add_argument("--grad-ckpt", dest="grad_ckpt", help="comma list: off,on")
     p.add_argument(
         "--cache", dest="use_cache", help="comma list: auto,on,off (auto: off under checkpointing)"
+    )
+    p.add_argument(
+        "--decode",
+        help="comma list: dynamic,static,compiled (static KV cache; compiled: static + torch.compile, "
+        "compile time recorded apart as decode.compile_s)",
     )
     p.add_argument("--workloads", help="comma list: prefill,train,decode")
     p.add_argument(
@@ -189,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
         "attn",
         "ckpt",
         "cache",
+        "decode",
         "train",
         "predicted / available",
         "plan",
@@ -211,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
             c.attn,
             "on" if c.grad_ckpt else "off",
             c.use_cache,
+            c.decode,
             c.mode,
             memory,
             verdict,

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import transformers
 
+from bench.measure.attention import decode_kernel_columns, sdpa_kernel_columns
+from bench.measure.decoding import compile_warmup, generate_kwargs
 from bench.measure.outcome import CellOutcome, Emit, ErrorInfo, PhaseStarted, WindowMeasured
 from bench.measure.probes import Budget, PhaseMemory, Sampler, Stats, current_rss_bytes, synchronizer
 from bench.measure.quality import quality_or_reason
@@ -29,6 +31,7 @@ from bench.measure.workloads import (
     attach_lora,
     decode,
     first_forward,
+    generate_once,
     make_inputs,
     prefill,
     repacked_for_cpu,
@@ -36,6 +39,7 @@ from bench.measure.workloads import (
 )
 from bench.plan.matrix import Cell
 from loader import LoadConfigError, UnsupportedOnHost, current_host, get_model, get_tokenizer
+from loader.attention import sdpa_pin
 from loader.host import BnbFacts, probe_host
 from loader.model import target_device
 
@@ -45,11 +49,19 @@ def _cpu_allocation_failure(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
+# torch's refusal when sdpa is pinned to a kernel that cannot take the call (CPU wording, then CUDA's)
+_SDPA_REFUSALS = ("No viable backend for scaled_dot_product_attention", "No available kernel")
+
+
+def _sdpa_refusal(exc: BaseException) -> bool:
+    return isinstance(exc, RuntimeError) and any(text in str(exc) for text in _SDPA_REFUSALS)
+
+
 def classify(exc: BaseException) -> CellOutcome:
     """A failure as a final status with its reason (DESIGN.md section 5)."""
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or _cpu_allocation_failure(exc):
         status = "oom"
-    elif isinstance(exc, (UnsupportedOnHost, NotImplementedError)):
+    elif isinstance(exc, (UnsupportedOnHost, NotImplementedError)) or _sdpa_refusal(exc):
         status = "unsupported"
     elif isinstance(exc, InvalidMeasurement):
         status = "invalid"
@@ -138,13 +150,39 @@ def run_cell(
     ids = make_inputs(vocab, cell.shape.batch, cell.shape.seq, device)
     work = Workload(model, ids, cell.shape.new_tokens, budget, sync, tokenizer.pad_token_id)
     del model  # work.model is the one reference, so replacing it frees the model
-    out["load.first_forward_s"] = first_forward(work)
-    out.update(mem.columns("load"))
-    # One extra no-grad pass over the evaluation text, before any training step changes the weights.
-    out.update(
-        quality_or_reason(work.model, tokenizer, device, quality_ref, checkpoint, reason=quality_reason)
-    )
+    # an sdpa pin wraps every call of the model from here on: forwards, quality, workloads, compiling
+    with sdpa_pin(config.sdpa_backend):
+        out["load.first_forward_s"] = first_forward(work)
+        out.update(mem.columns("load"))
+        kernel, sdpa_per_forward = sdpa_kernel_columns(work.model, ids, config.attn_implementation)
+        out.update(kernel)
+        # One extra no-grad pass over the evaluation text, before any training step changes the weights.
+        out.update(
+            quality_or_reason(work.model, tokenizer, device, quality_ref, checkpoint, reason=quality_reason)
+        )
+        _run_workloads(cell, config, caps, work, mem, emit, out, sdpa_per_forward)
 
+    # Repeated loads come last, so no workload's peak sees memory a freed model left in the allocator.
+    emit(PhaseStarted("load"))
+    work.model = None
+    loads = sample_loads(lambda: get_model(config, caps, training=training), budget, sync)
+    out.update(loads.columns("load.model_s"))
+    out["load.model_over_floor"] = loads.median / out["load.read_floor_s"]
+    return out
+
+
+def _run_workloads(
+    cell: Cell,
+    config: Any,
+    caps: Any,
+    work: Workload,
+    mem: PhaseMemory,
+    emit: Emit,
+    out: dict[str, Any],
+    sdpa_per_forward: int,
+) -> None:
+    """prefill, decode, train in that order (the ones the cell runs), each phase's memory apart.
+    `sdpa_per_forward`: the sdpa calls one forward makes (0: not sdpa), for the decode kernel probe."""
     for name, reason in cell.dropped:
         out[f"{name}.skipped_reason"] = reason
     for name in ("prefill", "decode", "train"):
@@ -163,24 +201,46 @@ def run_cell(
                 settings=cell.lora_settings,
                 quantization=config.quantization,
             )
-        mem.start()
-        if name == "prefill":
-            out.update(prefill(work))
-        elif name == "decode":
-            out.update(decode(work, config.resolved_use_cache))
+        if name == "decode":
+            out.update(_decode(cell, config, work, mem))
         else:
-            out.update(train(work))
+            mem.start()
+            out.update(prefill(work) if name == "prefill" else train(work))
         out.update(mem.columns(name))
+        if name == "decode":  # untimed, after the phase's peaks: the kernels one generation of this mode ran
+            out.update(_decode_kernels(cell, config, work, sdpa_per_forward))
         for window in work.windows:
             emit(WindowMeasured(**window))
         work.windows.clear()
 
-    # Repeated loads come last, so no workload's peak sees memory a freed model left in the allocator.
-    emit(PhaseStarted("load"))
-    work.model = None
-    loads = sample_loads(lambda: get_model(config, caps, training=training), budget, sync)
-    out.update(loads.columns("load.model_s"))
-    out["load.model_over_floor"] = loads.median / out["load.read_floor_s"]
+
+def _decode_kernels(cell: Cell, config: Any, work: Workload, sdpa_per_forward: int) -> dict[str, Any]:
+    extra, cache = generate_kwargs(cell.decode), config.resolved_use_cache
+    return decode_kernel_columns(
+        lambda: generate_once(work, cache, extra),
+        config.attn_implementation,
+        sdpa_per_forward,
+        work.new_tokens,
+        pin=config.sdpa_backend,
+    )
+
+
+def _decode(cell: Cell, config: Any, work: Workload, mem: PhaseMemory) -> dict[str, Any]:
+    """The decode workload in the cell's mode. A compiled mode compiles first, before the phase's memory
+    peaks reset and outside every timed sample; its time is decode.compile_s, never part of TTFT or
+    tokens/s."""
+    use_cache = config.resolved_use_cache
+    extra = generate_kwargs(cell.decode)
+    compiled = None
+    if cell.decode == "compiled":
+        work.model.eval()
+        compiled = compile_warmup(lambda: generate_once(work, use_cache, extra), work.sync)
+    mem.start()
+    out = decode(work, use_cache, extra, compiled)
+    if compiled is None:
+        out.update(
+            {"decode.compile_s": None, "decode.compile_s.reason": f"decode={cell.decode} does not compile"}
+        )
     return out
 
 

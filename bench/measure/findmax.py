@@ -143,9 +143,11 @@ def _trains(cell: Any) -> bool:
 def _probe_body(cell: Any, checkpoint: Path, conn: Any) -> None:
     """In the probe's process: load, run the cell's step once at its shape, report the budget peak."""
     from bench.measure.cell import apply_memory_limit
+    from bench.measure.decoding import generate_kwargs
     from bench.measure.probes import PhaseMemory, synchronizer
     from bench.measure.workloads import attach_lora, make_inputs, trainable_parameters
     from loader import current_host, get_model
+    from loader.attention import sdpa_pin
     from loader.model import target_device
 
     try:
@@ -159,36 +161,38 @@ def _probe_body(cell: Any, checkpoint: Path, conn: Any) -> None:
         mem.start()
         model = get_model(config, caps, training=_trains(cell))
         ids = make_inputs(model.config.vocab_size, cell.shape.batch, cell.shape.seq, device)
-        if _trains(cell):
-            if cell.mode == "lora":
-                model = attach_lora(
-                    model,
-                    config.gradient_checkpointing,
-                    kbit=config.kbit,
-                    settings=cell.lora_settings,
-                    quantization=config.quantization,
-                )
-            model.train()
-            optimizer = torch.optim.AdamW([p for _, p in trainable_parameters(model)], lr=1e-5)
-            for _ in range(2):  # the second step runs with the optimizer states the first one made
-                model(ids, labels=ids, use_cache=False).loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-        else:
-            model.eval()
-            with torch.no_grad():
-                if "prefill" in cell.workloads:
-                    model(ids, use_cache=False)
-                if "decode" in cell.workloads:
-                    model.generate(  # type: ignore[operator]
-                        ids,
-                        attention_mask=torch.ones_like(ids),
-                        max_new_tokens=cell.shape.new_tokens,
-                        min_new_tokens=cell.shape.new_tokens,
-                        do_sample=False,
-                        use_cache=config.resolved_use_cache,
-                        pad_token_id=model.config.eos_token_id,
+        with sdpa_pin(config.sdpa_backend):  # the cell's pinned sdpa kernel, as it measures
+            if _trains(cell):
+                if cell.mode == "lora":
+                    model = attach_lora(
+                        model,
+                        config.gradient_checkpointing,
+                        kbit=config.kbit,
+                        settings=cell.lora_settings,
+                        quantization=config.quantization,
                     )
+                model.train()
+                optimizer = torch.optim.AdamW([p for _, p in trainable_parameters(model)], lr=1e-5)
+                for _ in range(2):  # the second step runs with the optimizer states the first one made
+                    model(ids, labels=ids, use_cache=False).loss.backward()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            else:
+                model.eval()
+                with torch.no_grad():
+                    if "prefill" in cell.workloads:
+                        model(ids, use_cache=False)
+                    if "decode" in cell.workloads:
+                        model.generate(  # type: ignore[operator]
+                            ids,
+                            attention_mask=torch.ones_like(ids),
+                            max_new_tokens=cell.shape.new_tokens,
+                            min_new_tokens=cell.shape.new_tokens,
+                            do_sample=False,
+                            use_cache=config.resolved_use_cache,
+                            pad_token_id=model.config.eos_token_id,
+                            **generate_kwargs(getattr(cell, "decode", "dynamic")),
+                        )
         synchronizer(device)()
         cols = mem.columns("probe")
         if device.startswith("cuda"):

@@ -276,41 +276,50 @@ class _TokenClock:
         pass
 
 
-def decode(w: Workload, use_cache: bool) -> dict[str, Any]:
-    """Greedy generation of exactly new_tokens per sequence: time to first token and per output token."""
-    w.model.eval()
+def generate_once(w: Workload, use_cache: bool, extra: dict[str, Any]) -> tuple[float, float, float]:
+    """One greedy generation of exactly new_tokens per sequence: (ttft, tpot, total) seconds.
+
+    `extra`: the decode mode's generate() arguments (bench.measure.decoding.generate_kwargs).
+    """
     prompt_len = w.input_ids.shape[1]
-    runs: list[tuple[float, float, float]] = []  # (ttft, tpot, total)
-
-    def generate() -> None:
-        clock = _TokenClock(w.sync)
-        start = time.perf_counter()
-        with torch.no_grad():
-            out = w.model.generate(
-                w.input_ids,
-                attention_mask=torch.ones_like(w.input_ids),
-                max_new_tokens=w.new_tokens,
-                min_new_tokens=w.new_tokens,
-                do_sample=False,
-                use_cache=use_cache,
-                streamer=clock,
-                pad_token_id=w.pad_token_id,
-            )
-        w.sync()
-        end = time.perf_counter()
-        produced = out.shape[1] - prompt_len
-        if produced != w.new_tokens:
-            raise InvalidMeasurement(
-                f"generate produced {produced} new tokens per sequence, not {w.new_tokens}."
-            )
-        token_times = clock.times[1:]  # times[0] is the prompt being handed over
-        ttft = token_times[0] - start
-        tpot = (
-            (token_times[-1] - token_times[0]) / (len(token_times) - 1) if len(token_times) > 1 else math.nan
+    clock = _TokenClock(w.sync)
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = w.model.generate(
+            w.input_ids,
+            attention_mask=torch.ones_like(w.input_ids),
+            max_new_tokens=w.new_tokens,
+            min_new_tokens=w.new_tokens,
+            do_sample=False,
+            use_cache=use_cache,
+            streamer=clock,
+            pad_token_id=w.pad_token_id,
+            **extra,
         )
-        runs.append((ttft, tpot, end - start))
+    w.sync()
+    end = time.perf_counter()
+    produced = out.shape[1] - prompt_len
+    if produced != w.new_tokens:
+        raise InvalidMeasurement(f"generate produced {produced} new tokens per sequence, not {w.new_tokens}.")
+    token_times = clock.times[1:]  # times[0] is the prompt being handed over
+    ttft = token_times[0] - start
+    tpot = (token_times[-1] - token_times[0]) / (len(token_times) - 1) if len(token_times) > 1 else math.nan
+    return ttft, tpot, end - start
 
-    timed = measure(generate, w.budget, w.sync)
+
+def decode(
+    w: Workload, use_cache: bool, extra: dict[str, Any] | None = None, compiled: Any = None
+) -> dict[str, Any]:
+    """Greedy generation of exactly new_tokens per sequence: time to first token and per output token.
+
+    `extra`: the decode mode's generate() arguments. `compiled`: a compiled mode's CompileWarmup
+    (bench.measure.decoding), made before this is called, so the warm-ups and samples here hold no
+    compiling; its columns (decode.compile_s beyond this run's median generation) join the output, and a
+    timed sample that compiled again makes the cell invalid.
+    """
+    w.model.eval()
+    runs: list[tuple[float, float, float]] = []  # (ttft, tpot, total)
+    timed = measure(lambda: runs.append(generate_once(w, use_cache, extra or {})), w.budget, w.sync)
     runs = runs[w.budget.warmup :]
     batch = w.input_ids.shape[0]
     w.add_window("decode", timed, batch * w.new_tokens)
@@ -325,6 +334,9 @@ def decode(w: Workload, use_cache: bool) -> dict[str, Any]:
         **series(0).columns("decode.ttft_s"),
         **total.map(lambda s: batch * w.new_tokens / s).columns("decode.tokens_per_s"),
     }
+    if compiled is not None:
+        compiled.check_no_recompiles()
+        out.update(compiled.columns(total.median))
     if w.new_tokens > 1:
         out.update(series(1).columns("decode.tpot_s"))
     else:

@@ -30,7 +30,13 @@ import loader
 from bench.plan.env_render import host_rows, render_env
 from bench.plan.gpu_facts import BF16_MIN_CC, NvmlFacts, nvml_facts, visible_indices
 from bench.plan.host_facts import Capabilities, knob_support
-from loader.host import GpuInfo, HostCapabilities, flash_attn_packages, quant_library_versions
+from loader.host import (
+    GpuInfo,
+    HostCapabilities,
+    flash_attn_packages,
+    hub_kernel_facts,
+    quant_library_versions,
+)
 
 if TYPE_CHECKING:
     import argparse
@@ -199,7 +205,9 @@ def _compute_capability(text: str) -> tuple[int, int]:
 
 
 def _host(nvml: NvmlFacts, child: dict[str, Any], flash: tuple[str | None, bool]) -> HostCapabilities:
-    """The loader's record of this host, from the NVML facts, the child's facts and flash-attn's packages."""
+    """The loader's record of this host, from the NVML facts, the child's facts, flash-attn's packages and
+    the hub kernels in the local cache."""
+    kernels = hub_kernel_facts()
     gpus = tuple(
         GpuInfo(g["name"], g["memory_total_bytes"], _compute_capability(g["compute_capability"]), g["bf16"])
         for g in nvml.gpus
@@ -211,6 +219,8 @@ def _host(nvml: NvmlFacts, child: dict[str, Any], flash: tuple[str | None, bool]
         bitsandbytes_version=child.get("bitsandbytes_version"),
         bitsandbytes_error=child.get("bitsandbytes_error"),
         bitsandbytes_devices=tuple(child.get("bitsandbytes_devices") or ()),
+        kernels_version=kernels[0],
+        hub_kernels=kernels[1],
         quant_libraries=quant_library_versions(),
     )
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.plan.spec import LORA_DEFAULTS, MEASURE_VERSION, QUANT_VARIANTS, Shape
-from bench.schema import cell_label, default_train_mode
+from bench.plan.spec import ATTN_VARIANTS, LORA_DEFAULTS, MEASURE_VERSION, QUANT_VARIANTS, Shape
+from bench.schema import KNOB_DEFAULTS, cell_label, default_train_mode
 from loader import LoadConfig
 
 __all__ = ["Cell"]
@@ -38,6 +38,7 @@ class Cell:
     train_mode: str = ""  # "full" | "lora"; "" = the quantization's default (schema.default_train_mode)
     lora: tuple[tuple[str, Any], ...] = ()  # overrides of spec.LORA_DEFAULTS
     search: tuple[tuple[str, Any], ...] = ()  # --find-max: target, cap, at_max; () = one fixed shape
+    decode: str = "dynamic"  # schema.DECODE_MODES: how the decode workload generates
 
     @property
     def mode(self) -> str:
@@ -82,12 +83,16 @@ class Cell:
             key["lora"] = [list(kv) for kv in self.lora]
         if self.search:
             key["search"] = [list(kv) for kv in self.search]
+        if self.decode != KNOB_DEFAULTS["decode"]:  # dynamic decode keeps the id it had before the axis
+            key["decode"] = self.decode
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @property
     def label(self) -> str:
         """The record's human name, e.g. "bfloat16/nf4/sdpa/no-ckpt/cache-auto"."""
-        return cell_label(self.dtype, self.quant, self.attn, self.grad_ckpt, self.use_cache, self.mode)
+        return cell_label(
+            self.dtype, self.quant, self.attn, self.grad_ckpt, self.use_cache, self.mode, self.decode
+        )
 
     def knobs(self) -> dict[str, Any]:
         """The cell's knobs and shape as flat record columns: schema.KNOBS plus checkpoint and workloads.
@@ -109,6 +114,7 @@ class Cell:
             "threads": self.threads,
             "vram_limit_bytes": self.vram_limit_bytes,
             "train_mode": self.mode,
+            "decode": self.decode,
         }
 
     def record(self, status: str, reason: str | None) -> dict[str, Any]:
@@ -130,10 +136,10 @@ class Cell:
         return LoadConfig(
             str(model_path),
             dtype=self.dtype,
-            attn_implementation=self.attn,
             gradient_checkpointing=self.grad_ckpt,
             use_cache=cache,
             **QUANT_VARIANTS[self.quant],
+            **ATTN_VARIANTS[self.attn],
             **dict(self.load),
         )
 

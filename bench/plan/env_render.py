@@ -51,6 +51,7 @@ def host_rows(caps: Capabilities) -> list[tuple[str, str]]:
         ),
         ("flash-attn 2", caps.flash_attn_version or "not installed"),
         ("flash-attn 3", "installed" if caps.flash_attn_3 else "not installed"),
+        ("kernels (hub)", _kernels_line(caps)),
         ("torch", f"{caps.torch_version or '-'} (CUDA build {caps.torch_cuda_version or 'none'})"),
         ("transformers", caps.transformers_version or "-"),
         ("peft", caps.peft_version or "-"),
@@ -58,6 +59,14 @@ def host_rows(caps: Capabilities) -> list[tuple[str, str]]:
         ("python", f"{caps.python_version} on {caps.platform} ({caps.hostname})"),
     ]
     return rows
+
+
+def _kernels_line(caps: Capabilities) -> str:
+    host = caps.host
+    if not host.kernels_version:
+        return "not installed"
+    cached = ", ".join(host.hub_kernels) or "no attention kernel cached"
+    return f"{host.kernels_version} ({cached})"
 
 
 def render_env(caps: Capabilities, console: Console) -> None:

@@ -10,7 +10,10 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from loader.attention import ATTENTION, attention_unsupported_reason
+from bench.plan.decode_modes import decode_unsupported_reason
+from bench.plan.spec import ATTN_VARIANTS
+from bench.schema import DECODE_MODES
+from loader.attention import attention_unsupported_reason
 from loader.config import LoadConfig
 from loader.dtypes import DTYPES
 from loader.host import HostCapabilities
@@ -103,12 +106,17 @@ def knob_support(caps: Capabilities) -> list[dict[str, Any]]:
         reason = quantization_unsupported_reason(config.quantization, host, _half_dtype(host))
         rows.append(_row("quantization", value, reason))
     half = _half_dtype(host)
-    attention = [(a, False) for a in ATTENTION if a] + [("flex_attention", True)]
+    attention = [(a, False) for a in ATTN_VARIANTS] + [("flex_attention", True)]
     for attn, training in attention:
-        config = LoadConfig(_PROBE_MODEL, attn_implementation=attn)
+        config = LoadConfig(_PROBE_MODEL, **ATTN_VARIANTS[attn])
         value = f"{attn} (training)" if training else attn
-        reason = attention_unsupported_reason(config.attn_implementation, half, host, training=training)
+        reason = attention_unsupported_reason(
+            config.attn_implementation, half, host, training=training, sdpa_backend=config.sdpa_backend
+        )
         rows.append(_row("attention", value, reason))
+    for mode in DECODE_MODES:
+        reason = decode_unsupported_reason(mode, decodes=True, use_cache=True, quantization="none", caps=host)
+        rows.append(_row("decode", mode, reason))
     for device in ("cpu", "cuda"):
         config = LoadConfig(_PROBE_MODEL, device=device)
         rows.append(_row("device", device, unsupported_reason(config, host, dtype="float32")))

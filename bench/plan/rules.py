@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.plan.cells import Cell
+from bench.plan.decode_modes import decode_unsupported_reason
 from bench.plan.spec import MatrixSpec
 from loader import LoadConfigError
 from loader.dtypes import config_dtype, resolve_dtype
@@ -41,8 +42,14 @@ def expand(
     """
     cells = []
     search = _search(spec)
-    for dtype, quant, attn, ckpt, cache, mode in itertools.product(
-        spec.dtype, spec.quant, spec.attn, spec.grad_ckpt, spec.use_cache, spec.train_mode or ("",)
+    for dtype, quant, attn, ckpt, cache, mode, decode in itertools.product(
+        spec.dtype,
+        spec.quant,
+        spec.attn,
+        spec.grad_ckpt,
+        spec.use_cache,
+        spec.train_mode or ("",),
+        spec.decode,
     ):
         cell = Cell(
             spec.model,
@@ -60,6 +67,7 @@ def expand(
             train_mode=mode,
             lora=spec.lora,
             search=search,
+            decode=decode,
             model_source=model.source if model else None,
             weights=model.weights if model else None,
         )
@@ -109,6 +117,15 @@ def apply_rules(
     reason = unsupported_reason(load, caps, dtype=dtype)
     if reason:
         return dataclasses.replace(cell, skip_reason=f"rule host: {reason}")
+    decode_reason = decode_unsupported_reason(
+        cell.decode,
+        decodes="decode" in cell.workloads,
+        use_cache=load.resolved_use_cache,
+        quantization=load.quantization,
+        caps=caps,
+    )
+    if decode_reason:
+        return dataclasses.replace(cell, skip_reason=decode_reason)
     dropped = []
     if "train" in cell.workloads:
         lora_reason = lora_unsupported_reason(load.quantization) if cell.mode == "lora" else None

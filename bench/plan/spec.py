@@ -1,6 +1,6 @@
 """Matrix specs: what to measure, from a YAML file, a preset, a recipe or CLI flags, checked axis by axis.
 
-A spec names values per axis (dtype, quantization, attention, gradient checkpointing, use_cache),
+A spec names values per axis (dtype, quantization, attention, gradient checkpointing, use_cache, decode mode),
 the workloads and one workload shape. bench.plan.cells expands it into cells and bench.plan.rules
 marks each one run or skipped; bench.plan.matrix gathers the three for callers.
 """
@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import SpecError
-from bench.schema import FIND_MAX_TARGETS, TRAIN_MODES, WORKLOADS
+from bench.schema import DECODE_MODES, FIND_MAX_TARGETS, TRAIN_MODES, WORKLOADS
 from loader import LoadConfig, RecipeShape
-from loader.attention import ATTENTION
+from loader.attention import ATTENTION, KERNELS_FLASH, SDPA_BACKENDS
 from loader.dtypes import DTYPES
 from loader.quantization import METHODS
 
 __all__ = [
     "ATTN_VALUES",
+    "ATTN_VARIANTS",
     "CACHE_VALUES",
     "HUB_TO_PRESET",
     "LOAD_KNOBS",
@@ -55,7 +56,14 @@ QUANT_VARIANTS: dict[str, dict[str, Any]] = {
     # on-the-fly quantizers of transformers 5 (loader.quantization.METHODS): the value is the knob's
     **{name: {"quantization": name} for name in METHODS},
 }
-ATTN_VALUES = tuple(a for a in ATTENTION if a is not None)
+# matrix attention value -> LoadConfig knobs: transformers' own implementations as they are, sdpa pinned
+# to one of torch's kernels ("sdpa:math"), and flash attention from the kernels hub ("kernels-flash")
+ATTN_VARIANTS: dict[str, dict[str, Any]] = {
+    **{a: {"attn_implementation": a} for a in ATTENTION if a is not None and a != KERNELS_FLASH},
+    **{f"sdpa:{b}": {"attn_implementation": "sdpa", "sdpa_backend": b} for b in SDPA_BACKENDS},
+    "kernels-flash": {"attn_implementation": KERNELS_FLASH},
+}
+ATTN_VALUES = tuple(ATTN_VARIANTS)
 CACHE_VALUES = ("auto", "on", "off")  # auto: off under checkpointing, on otherwise (open-r1)
 # Knobs a spec may set once for every cell (handed to LoadConfig as they are).
 LOAD_KNOBS = (
@@ -77,6 +85,7 @@ _NEW_FIELDS_DEFAULTS: dict[str, Any] = {
     "train_mode": (),
     "lora": {},
     "find_max": None,
+    "decode": ("dynamic",),
     "max_batch": None,
     "max_seq": None,
     "at_max": False,
@@ -115,6 +124,7 @@ class MatrixSpec:
     attn: tuple[str, ...] = ("sdpa",)
     grad_ckpt: tuple[bool, ...] = (False,)
     use_cache: tuple[str, ...] = ("auto",)
+    decode: tuple[str, ...] = ("dynamic",)  # schema.DECODE_MODES
     workloads: tuple[str, ...] = WORKLOADS
     shape: Shape = field(default_factory=Shape)
     threads: int = 1
@@ -135,6 +145,7 @@ class MatrixSpec:
         _check_axis("attn", self.attn, ATTN_VALUES)
         _check_axis("grad_ckpt", self.grad_ckpt, (False, True))
         _check_axis("use_cache", self.use_cache, CACHE_VALUES)
+        _check_axis("decode", self.decode, DECODE_MODES)
         _check_axis("workloads", self.workloads, WORKLOADS)
         for name in SHAPE_KNOBS:
             value = getattr(self.shape, name)
@@ -267,7 +278,7 @@ class MatrixSpec:
             model=recipe_model(config.model_name_or_path),
             dtype=(config.dtype,),
             quant=(quant,),
-            attn=(config.attn_implementation or "sdpa",),
+            attn=(attn_value(config),),
             grad_ckpt=(config.gradient_checkpointing,),
             shape=Shape(batch=(shape.batch_size or 1), seq=(shape.seq_len or 128)),
             load=tuple(sorted(load.items())),
@@ -275,6 +286,14 @@ class MatrixSpec:
             train_mode=mode,
             lora=lora,
         )
+
+
+def attn_value(config: LoadConfig) -> str:
+    """A loader config's attention as the matrix value that loads it ("sdpa" when it names none)."""
+    knobs = {"attn_implementation": config.attn_implementation or "sdpa"}
+    if config.sdpa_backend is not None:
+        knobs["sdpa_backend"] = config.sdpa_backend
+    return next(value for value, want in ATTN_VARIANTS.items() if want == knobs)
 
 
 def recipe_lora(config: Any) -> tuple[tuple[str, ...], tuple[tuple[str, Any], ...]]:

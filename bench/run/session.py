@@ -275,7 +275,9 @@ def print_summary(store: RunStore, cells: list[Any], how: str) -> tuple[str, ...
             latest.setdefault(record["cell_id"], record)
     missing = tuple(c.cell_id for c in cells if c.cell_id not in latest)
     table = Table(title="loadbench summary")
-    for col in ("dtype", "quant", "attn", "ckpt", "status", "load", "prefill", "train", "decode", "peak RSS"):
+    modes = len({c.decode for c in cells}) > 1  # the decode mode gets a column when it varies
+    head = ("dtype", "quant", "attn", "ckpt", *(("decode mode",) if modes else ()), "status")
+    for col in (*head, "load", "prefill", "train", "decode", "peak RSS"):
         table.add_column(
             col, justify="right" if col in ("load", "prefill", "train", "decode", "peak RSS") else "left"
         )
@@ -287,6 +289,7 @@ def print_summary(store: RunStore, cells: list[Any], how: str) -> tuple[str, ...
             cell.quant,
             cell.attn,
             "on" if cell.grad_ckpt else "off",
+            *((cell.decode,) if modes else ()),
             r.get("status", MISSING_STATUS),
             fmt_seconds(r.get("load.model_s")),
             fmt_rate(r.get("prefill.tokens_per_s")),

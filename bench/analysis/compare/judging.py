@@ -115,6 +115,7 @@ def _label(base: Mapping[str, Any], new: Mapping[str, Any]) -> str:
         str(new.get("attn")),
         bool(new.get("grad_ckpt")),
         str(new.get("use_cache")),
+        decode=new.get("decode"),
     )
 
 

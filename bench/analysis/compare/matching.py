@@ -12,7 +12,7 @@ from typing import Any
 
 from bench.analysis.compare.runs import RunData, model_key
 from bench.errors import CompareError
-from bench.schema import MATCH_KNOBS, SCHEMA_VERSION
+from bench.schema import KNOB_DEFAULTS, MATCH_KNOBS, SCHEMA_VERSION
 
 __all__ = ["Pair", "check_comparable", "match"]
 
@@ -58,7 +58,7 @@ def check_comparable(base: RunData, new: RunData) -> list[str]:
 
 
 def _knob_key(record: Mapping[str, Any]) -> tuple[Any, ...]:
-    return tuple(record.get(knob) for knob in MATCH_KNOBS)
+    return tuple(record.get(knob, KNOB_DEFAULTS.get(knob)) for knob in MATCH_KNOBS)
 
 
 def match(base: RunData, new: RunData) -> tuple[list[Pair], str, list[str], list[str], list[str]]:

@@ -121,6 +121,8 @@ def _env_fields(run: RunData) -> dict[str, Any]:
         "peft": env.get("peft_version"),
         "accelerate": env.get("accelerate_version"),
         "flash-attn": env.get("flash_attn_version", host.get("flash_attn_version")),
+        "kernels (hub)": host.get("kernels_version"),
+        "hub kernels cached": ", ".join(host.get("hub_kernels") or ()) or None,
         "loadbench": env.get("loadbench_version"),
         "python": env.get("python_version"),
         "CPU": cpu,

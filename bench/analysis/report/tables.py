@@ -219,6 +219,13 @@ def workload_table(view: View, workload: str) -> Table | None:
         _measured(f"peak memory ({mem_name})", measured, mem_column, fmt_bytes, "min"),
         _rate_column(measured, workload),
     ]
+    if (
+        workload == "decode"
+        and "decode.compile_s" in measured.columns
+        and measured["decode.compile_s"].notna().any()
+    ):
+        # decode=compiled: the one-off compile, timed apart from tok/s (blank for modes that do not compile)
+        columns.append(_measured("compile (once)", measured, "decode.compile_s", fmt_seconds, "min"))
     quality = [q for q in QUALITY_BEST if q in measured.columns and measured[q].notna().any()]
     if random_weights(measured):  # divergence from the reference, not accuracy: nothing to crown
         columns += [

@@ -128,6 +128,7 @@ def estimate_cell(
         baseline_bytes=baseline_bytes,
         use_cache=cache,
         lora=None if getattr(cell, "mode", None) is None else cell.mode == "lora",
+        decode=getattr(cell, "decode", "dynamic"),
     )
     keep = ("load", *cell.workloads)
     return {k: val for k, val in cols.items() if k.split(".")[1] in keep}
@@ -167,6 +168,7 @@ def estimate_records(
             use_cache=cache,
             finite_check=finite_check,
             lora=rec["train_mode"] == "lora" if rec.get("train_mode") else None,
+            decode=rec.get("decode") or "dynamic",
         )
         for phase in PHASES:
             if device == "cuda":

@@ -81,10 +81,12 @@ def breakdown(
     cpu_runtime_bytes: int = CPU_RUNTIME_BYTES,
     finite_check: str = "sum",
     lora: bool | None = None,
+    decode: str = "dynamic",
 ) -> dict[str, Phase]:
     """Every phase's peak as named terms: what `estimate` adds up (for reports and the CLI).
 
-    `lora` is the cell's train_mode: None means its default (LoRA for k-bit, full otherwise).
+    `lora` is the cell's train_mode: None means its default (LoRA for k-bit, full otherwise). `decode`
+    is the decode mode: static and compiled preallocate the whole KV cache before the prompt's forward.
     """
     arch = config if isinstance(config, Arch) else arch_from_config(config)
     if dtype == "auto":
@@ -163,7 +165,17 @@ def breakdown(
 
     # decode: greedy generate; logits only for the last position (logits_to_keep=1)
     last = batch * v * (w + 4)  # the last position's logits and generate's float32 copy
-    if cache:
+    if cache and decode != "dynamic":
+        # StaticCache: every layer's keys and values for max_cache_len = seq + new_tokens, allocated before
+        # the prompt's forward and never grown, so no layer's cat copy; compiled forwards keep the same cache
+        full_kv = 2 * arch.kv_dim * w * arch.layers * batch * (seq + new_tokens)
+        name, terms = _pick(
+            {
+                "prompt forward": {"static KV cache + activations": fwd(seq, batch, full_kv)},
+                "last step": {"static KV cache": full_kv, "logits": last},
+            }
+        )
+    elif cache:
         per_tok_layer = 2 * arch.kv_dim * w
         prompt_kv = per_tok_layer * arch.layers * t
         final_len = seq + new_tokens - 1
@@ -242,6 +254,7 @@ def estimate(
     cuda_context_bytes: int = CUDA_CONTEXT_BYTES,
     finite_check: str = "sum",
     lora: bool | None = None,
+    decode: str = "dynamic",
 ) -> dict[str, int]:
     """Predicted peak per phase: `mem.<phase>.estimate_bytes` (tensors + CUDA context; on the CPU
     tensors + `baseline_bytes` + the runtime's own growth) and `mem.<phase>.estimate_tensor_bytes`
@@ -266,6 +279,7 @@ def estimate(
         cuda_context_bytes=cuda_context_bytes,
         finite_check=finite_check,
         lora=lora,
+        decode=decode,
     )
     out: dict[str, int] = {}
     for name, phase in phases.items():

@@ -77,10 +77,16 @@ def attention_backend(attn: str, device: str, act_bytes: int, arch: Arch, masked
     sdpa (torch's select_sdp_backend): transformers passes no mask and enable_gqa=True when it can
     (use_gqa_in_sdpa), else repeats k/v. On CUDA the flash kernel takes bf16/fp16 with GQA; the
     memory-efficient kernel takes float32 but not GQA; anything else falls to math. The CPU flash
-    kernel takes every dtype and GQA.
+    kernel takes every dtype and GQA. A pinned sdpa ("sdpa:math", ...) is the kernel it names.
     """
     if attn == "eager":
         return "eager"
+    if attn == "sdpa:math":  # pinned: the composite kernel on every device
+        return "math"
+    if attn in ("sdpa:efficient", "sdpa:cudnn"):  # pinned CUDA kernels keep no scores; k/v repeated for GQA
+        return "flash_rep" if arch.gqa else "flash"
+    if attn == "sdpa:flash":
+        attn = "sdpa"  # the flash kernel is what unpinned sdpa picks where flash can run
     if attn != "sdpa":
         return "flash"
     if masked:
