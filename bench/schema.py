@@ -8,9 +8,10 @@ direction and kind come from its registry entry, never from guessing at its name
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
     "AB_COLUMNS",
@@ -55,6 +56,7 @@ __all__ = [
     "default_train_mode",
     "is_memory",
     "metric",
+    "record_label",
     "sampled_metrics",
 ]
 
@@ -348,3 +350,18 @@ def cell_label(
     if decode is not None and decode != KNOB_DEFAULTS["decode"]:
         label += f"/decode-{decode}"
     return label
+
+
+def record_label(record: Mapping[str, Any]) -> str:
+    """A record's cell label: its `label` column, else built from its knob columns (older records)."""
+    label = record.get("label")
+    if label:
+        return str(label)
+    return cell_label(
+        str(record.get("dtype")),
+        str(record.get("quant")),
+        str(record.get("attn")),
+        bool(record.get("grad_ckpt")),
+        str(record.get("use_cache")),
+        decode=record.get("decode"),
+    )

@@ -229,10 +229,21 @@ def prepare_quality_reference(
     ctx: Any, checkpoint: Path, fingerprint: str, lane: str | None, log: Path, timeout_s: float
 ) -> dict[str, Any]:
     """Find or compute the quality reference, saying what it does and how long it took, within
-    `timeout_s` (a cell's timeout); {"path", ...} or {"reason"} (then every cell's quality.reason)."""
+    `timeout_s` (a cell's timeout); {"path", ...} or {"reason"} (then every cell's quality.reason).
+    Under a lock beside the file: two processes that want it at once (an ab run's two sides, two runs)
+    compute it once, the second finding it cached."""
+    import filelock
+
     device = "cpu" if lane is None else "cuda"
     path = quality_reference_path(fingerprint, device)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(str(path) + ".lock"):
+        return _find_or_compute_reference(ctx, checkpoint, lane, path, log, timeout_s, device)
+
+
+def _find_or_compute_reference(
+    ctx: Any, checkpoint: Path, lane: str | None, path: Path, log: Path, timeout_s: float, device: str
+) -> dict[str, Any]:
     knobs = REFERENCE[device]
     name = f"{knobs['dtype']}/{knobs['quant']}/{knobs['attn']} reference of {checkpoint.name} on {device}"
     start = time.perf_counter()

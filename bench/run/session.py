@@ -171,16 +171,13 @@ def run_stage(request: RunRequest) -> StageResult:
     return StageResult(store.directory, missing, clock)
 
 
-def open_run(request: RunRequest, plan: Any, caps: Any) -> tuple[RunStore, RunSettings, Progress, list[Cell]]:
-    """The run directory (run.json written), the executor's settings, the progress display and this
-    shard's cells."""
-    cells = select_shard(plan.cells, request.shard) if request.shard else plan.cells
-    out = request.out or default_out(request.spec)
-    meta = {
-        "spec_hash": request.spec.spec_hash(),
-        "spec": request.spec.to_dict(),
+def run_meta(spec: MatrixSpec, plan: Any, caps: Any, shard: str | None = None) -> dict[str, Any]:
+    """run.json as a run starts: the spec and its hash, the plan, the checkpoint, this host's environment."""
+    return {
+        "spec_hash": spec.spec_hash(),
+        "spec": spec.to_dict(),
         "plan": plan.to_dict(),
-        "shard": request.shard,
+        "shard": shard,
         "checkpoint": {
             "path": str(plan.checkpoint),
             "fingerprint": plan.fingerprint,
@@ -193,6 +190,14 @@ def open_run(request: RunRequest, plan: Any, caps: Any) -> tuple[RunStore, RunSe
         "environment": run_environment(caps),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
+
+
+def open_run(request: RunRequest, plan: Any, caps: Any) -> tuple[RunStore, RunSettings, Progress, list[Cell]]:
+    """The run directory (run.json written), the executor's settings, the progress display and this
+    shard's cells."""
+    cells = select_shard(plan.cells, request.shard) if request.shard else plan.cells
+    out = request.out or default_out(request.spec)
+    meta = run_meta(request.spec, plan, caps, request.shard)
     store = RunStore.create(out, meta, resume=request.resume)
     (store.directory / "logs").mkdir(exist_ok=True)
     budget = Budget(

@@ -27,7 +27,7 @@ import numpy as np
 from bench.analysis.ab.paired import paired
 from bench.analysis.compare.judging import MEM_ABS_FLOOR_BYTES
 from bench.analysis.compare.stats import bh_adjust
-from bench.schema import AB_SIDES, FAILED_STATUSES, METRICS, RECIPROCALS, cell_label, is_memory
+from bench.schema import AB_SIDES, FAILED_STATUSES, METRICS, RECIPROCALS, is_memory, record_label
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -119,19 +119,6 @@ class ABJudgement:
         return bool(self.regressions or self.status_regressions)
 
 
-def _label(record: Mapping[str, Any]) -> str:
-    return str(
-        record.get("label")
-        or cell_label(
-            str(record.get("dtype")),
-            str(record.get("quant")),
-            str(record.get("attn")),
-            bool(record.get("grad_ckpt")),
-            str(record.get("use_cache")),
-        )
-    )
-
-
 def pair_rounds(records: Iterable[Mapping[str, Any]]) -> list[CellRounds]:
     """The sides' records grouped by cell and paired by round (the first final record of each counts)."""
     by_key: dict[tuple[str, int], dict[str, dict[str, Any]]] = defaultdict(dict)
@@ -141,7 +128,7 @@ def pair_rounds(records: Iterable[Mapping[str, Any]]) -> list[CellRounds]:
         if side not in AB_SIDES or not isinstance(round_no, int) or record.get("status") == "interrupted":
             continue
         by_key[(record["cell_id"], round_no)].setdefault(str(side), dict(record))
-        labels.setdefault(record["cell_id"], _label(record))
+        labels.setdefault(record["cell_id"], record_label(record))
     cells: dict[str, CellRounds] = {}
     for (cell_id, _round), sides in sorted(by_key.items()):
         cell = cells.setdefault(cell_id, CellRounds(cell_id, labels[cell_id], []))

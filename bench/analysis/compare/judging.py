@@ -39,7 +39,7 @@ from bench.analysis.compare.results import Comparison, MetricResult, StatusChang
 from bench.analysis.compare.runs import RunData, env_differences, state_notes
 from bench.analysis.compare.stats import bh_adjust, mann_whitney_u, min_p
 from bench.errors import CompareError
-from bench.schema import FAILED_STATUSES, METRICS, cell_label, is_memory
+from bench.schema import FAILED_STATUSES, METRICS, is_memory, record_label
 
 __all__ = [
     "MEM_ABS_FLOOR_BYTES",
@@ -106,17 +106,7 @@ def _timed(record: Mapping[str, Any], name: str) -> tuple[float | None, list[Any
 
 
 def _label(base: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-    label = new.get("label") or base.get("label")
-    if label:
-        return str(label)
-    return cell_label(
-        str(new.get("dtype")),
-        str(new.get("quant")),
-        str(new.get("attn")),
-        bool(new.get("grad_ckpt")),
-        str(new.get("use_cache")),
-        decode=new.get("decode"),
-    )
+    return record_label(new) if new.get("label") or not base.get("label") else record_label(base)
 
 
 def _status_change(label: str, b: Mapping[str, Any], n: Mapping[str, Any]) -> StatusChange | None:

@@ -8,9 +8,7 @@ bench.analysis.ab, which this stage never imports), or at `rounds`.
 
 from __future__ import annotations
 
-import datetime as dt
 import random
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,10 +21,11 @@ from bench.plan.planning import make_plan
 from bench.run.ab.schedule import Slot, round_slots
 from bench.run.ab.sides import SIDES, SideError, SideProcess, SideSpec
 from bench.run.compose import ModelFacts
+from bench.run.node import say
 from bench.run.progress import NullProgress
 from bench.run.records import ab_key, is_final
 from bench.run.runner import DEFAULT_TIMEOUT_S, lease_for
-from bench.run.session import default_out, record_skips, run_environment
+from bench.run.session import default_out, lanes_for, record_skips, run_meta
 from bench.run.store import RunStore
 from bench.run.weights import materialize_visibly
 from bench.schema import AB_KEY
@@ -61,16 +60,11 @@ class ABRequest:
 class ABResult:
     directory: Path
     missing: tuple[str, ...]  # record keys scheduled without a final record
-    rounds_run: dict[str, int]  # cell_id -> rounds with both sides final
     wall_s: float
 
     @property
     def exit_code(self) -> int:
         return EXIT_INCOMPLETE if self.missing else EXIT_OK
-
-
-def say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def run_ab(request: ABRequest) -> ABResult:
@@ -87,14 +81,15 @@ def run_ab(request: ABRequest) -> ABResult:
         materialize_visibly(plan.model)  # once, here: both sides then find it cached
     seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**31)
     store = open_store(request, plan, caps, seed)
+    device = "cpu" if lanes_for(caps)[0] is None else "cuda"  # where the skipped cells would have run
     record_skips(
-        store, plan.cells, NullProgress(), ModelFacts(plan.model.config if plan.model else None, "cpu")
+        store, plan.cells, NullProgress(), ModelFacts(plan.model.config if plan.model else None, device)
     )
     for cell in plan.cells:
         if cell.skip_reason:
             say(f"skipped {cell.label}: {cell.skip_reason}")
     if not runnable:
-        return ABResult(store.directory, (), {}, time.perf_counter() - started)
+        return ABResult(store.directory, (), time.perf_counter() - started)
     sides = start_sides(request, store.directory, plan)
     try:
         check_sides(sides, runnable)
@@ -103,8 +98,7 @@ def run_ab(request: ABRequest) -> ABResult:
     finally:
         for side in sides.values():
             side.close()
-    rounds = rounds_done(store, runnable, request.rounds)
-    return ABResult(store.directory, missing, rounds, time.perf_counter() - started)
+    return ABResult(store.directory, missing, time.perf_counter() - started)
 
 
 def open_store(request: ABRequest, plan: Any, caps: Any, seed: int) -> RunStore:
@@ -118,17 +112,7 @@ def open_store(request: ABRequest, plan: Any, caps: Any, seed: int) -> RunStore:
         "sides_requested": {s.name: s.to_dict() for s in request.sides},
         **request.judgement,
     }
-    meta = {
-        "spec_hash": request.spec.spec_hash(),
-        "spec": request.spec.to_dict(),
-        "plan": plan.to_dict(),
-        "shard": None,
-        "checkpoint": {"path": str(plan.checkpoint), "fingerprint": plan.fingerprint},
-        "environment": run_environment(caps),
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-        AB_KEY: ab,
-    }
-    store = RunStore.create(out, meta, resume=request.resume)
+    store = RunStore.create(out, {**run_meta(request.spec, plan, caps), AB_KEY: ab}, resume=request.resume)
     previous = store.meta.get(AB_KEY, {}).get("sides_requested")
     if previous is not None and previous != ab["sides_requested"]:
         raise SpecError(
@@ -296,14 +280,3 @@ def cell_records(store: RunStore) -> dict[str, list[dict[str, Any]]]:
         if record.get("side") in SIDES and is_final(record):
             out.setdefault(record["cell_id"], []).append(record)
     return out
-
-
-def rounds_done(store: RunStore, runnable: list[Cell], rounds: int) -> dict[str, int]:
-    """Per cell, the rounds in which both sides have a final record."""
-    keys = store.final_cell_ids()
-    return {
-        cell.cell_id: sum(
-            all(ab_key(cell.cell_id, side, r) in keys for side in SIDES) for r in range(1, rounds + 1)
-        )
-        for cell in runnable
-    }
