@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
+from bench.run.ab.schedule import round_slots
 from tests.faults.helpers import cli_env
 from tests.subprocesses import interruptible
 
@@ -159,12 +160,19 @@ def test_ctrl_c_keeps_the_records_stops_both_sides_and_resume_finishes(tmp_path:
     assert len(kept) >= 3
     time.sleep(0.5)
     assert _tagged(value) == [], "a side or cell process outlived the command"
-    code, _, stderr = run_ab([*ab_args(out, "--rounds", "6", "--min-effect", "20%"), "--resume"])
+    resumed = [a for a in ab_args(out, "--rounds", "6", "--min-effect", "20%") if a not in ("--seed", "7")]
+    code, _, stderr = run_ab([*resumed, "--resume"])  # no --seed: the run's own seed, hence its order
     assert code == 0, stderr[-3000:]
+    assert json.loads((out / "run.json").read_text())["ab"]["seed"] == 7
     final = [r for r in side_records(out) if r["status"] != "interrupted"]
+    last = max(r["ab.round"] for r in final)  # 5 when the cell settled early
+    assert last in (5, 6)
     assert sorted((r["ab.round"], r["side"]) for r in final) == [
-        (r, s) for r in range(1, 7) for s in ("base", "new")
+        (r, s) for r in range(1, last + 1) for s in ("base", "new")
     ]
+    for r in final:  # every measurement where seed 7 puts it, the resumed ones included
+        (slot,) = [s for s in round_slots(7, r["ab.round"], [r["cell_id"]]) if s.side == r["side"]]
+        assert (r["ab.slot"], r["ab.first"]) == (slot.slot, slot.first)
 
 
 def test_a_cell_that_fails_on_the_new_side_is_a_regression_and_stops_taking_rounds(tmp_path: Path) -> None:

@@ -79,8 +79,9 @@ def run_ab(request: ABRequest) -> ABResult:
     runnable = [c for c in plan.cells if c.skip_reason is None]
     if runnable and plan.model is not None:
         materialize_visibly(plan.model)  # once, here: both sides then find it cached
-    seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**31)
-    store = open_store(request, plan, caps, seed)
+    drawn = request.seed if request.seed is not None else random.SystemRandom().randrange(2**31)
+    store = open_store(request, plan, caps, drawn)
+    seed = int(store.meta[AB_KEY]["seed"])  # a resumed run keeps its first seed, so its order
     device = "cpu" if lanes_for(caps)[0] is None else "cuda"  # where the skipped cells would have run
     record_skips(
         store, plan.cells, NullProgress(), ModelFacts(plan.model.config if plan.model else None, device)
