@@ -60,6 +60,11 @@ def test_an_a_a_run_passes_with_paired_interleaved_records(tmp_path: Path) -> No
         (r, s) for r in range(1, last + 1) for s in ("base", "new")
     ]
     assert all(r["status"] == "ok" and r["prefill.latency_s.n"] >= 3 for r in records)
+    # the untimed read-backs run in each side's first round only; --no-quality holds in every round
+    assert all(r["attn.sdpa_kernel"] for r in records if r["ab.round"] == 1)
+    later = [r for r in records if r["ab.round"] > 1]
+    assert {r["attn.sdpa_kernel.reason"] for r in later} == {"read in this side's first round"}
+    assert {r["quality.reason"] for r in records} == {"quality was turned off (--no-quality)"}
     firsts = {r["ab.round"]: r["side"] for r in records if r["ab.first"]}
     assert set(firsts.values()) == {"base", "new"}  # the side that goes first alternates
     meta = json.loads((out / "run.json").read_text())

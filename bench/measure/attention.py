@@ -20,7 +20,7 @@ import torch
 from bench.schema import ATTN_KERNEL_COLUMN
 from loader.attention import SDPA_OPS
 
-__all__ = ["DECODE_KERNEL_COLUMN", "decode_kernel_columns", "sdpa_calls", "sdpa_kernel_columns"]
+__all__ = ["DECODE_KERNEL_COLUMN", "decode_kernel_columns", "not_probed", "sdpa_calls", "sdpa_kernel_columns"]
 
 DECODE_KERNEL_COLUMN = "decode.sdpa_kernel"
 
@@ -36,6 +36,11 @@ def sdpa_calls(fn: Callable[[], Any]) -> Counter[str]:
         if event.key in SDPA_OPS:
             calls[SDPA_OPS[event.key]] += event.count
     return calls
+
+
+def not_probed(reason: str, column: str = ATTN_KERNEL_COLUMN) -> dict[str, Any]:
+    """A kernel column left unread, with the reason."""
+    return {column: None, f"{column}.reason": reason}
 
 
 def _not_sdpa(column: str, attn: str | None) -> dict[str, Any]:

@@ -20,7 +20,12 @@ from typing import Any
 import torch
 import transformers
 
-from bench.measure.attention import decode_kernel_columns, sdpa_kernel_columns
+from bench.measure.attention import (
+    DECODE_KERNEL_COLUMN,
+    decode_kernel_columns,
+    not_probed,
+    sdpa_kernel_columns,
+)
 from bench.measure.decoding import compile_warmup, generate_kwargs
 from bench.measure.outcome import CellOutcome, Emit, ErrorInfo, PhaseStarted, WindowMeasured
 from bench.measure.probes import Budget, PhaseMemory, Sampler, Stats, current_rss_bytes, synchronizer
@@ -109,12 +114,15 @@ def run_cell(
     quality_ref: str | None = None,
     quality_reason: str | None = None,
     bitsandbytes: BnbFacts | None = None,
+    kernels_reason: str | None = None,
 ) -> dict[str, Any]:
     """Load the cell's model, then run its workloads; returns flat metric columns. `emit` hears each
     phase as it starts and each measured window. Without `quality_ref` there is no quality pass, and
     the quality columns are null with `quality_reason` (why the run has no reference). `bitsandbytes`:
     the run's probe of it on this host, which an unquantized cell reuses rather than import
-    bitsandbytes (seconds) to learn the same."""
+    bitsandbytes (seconds) to learn the same. With `kernels_reason` the untimed probes of which sdpa
+    kernel ran (a profiled forward and generation, a tenth of a second or more) are left out and their
+    columns null with that reason (an ab side reads them in its first round only)."""
     torch.set_num_threads(cell.threads)
     caps = probe_host(bitsandbytes) if bitsandbytes is not None and cell.quant == "none" else current_host()
     config = cell.load_config(checkpoint)
@@ -154,13 +162,16 @@ def run_cell(
     with sdpa_pin(config.sdpa_backend):
         out["load.first_forward_s"] = first_forward(work)
         out.update(mem.columns("load"))
-        kernel, sdpa_per_forward = sdpa_kernel_columns(work.model, ids, config.attn_implementation)
+        if kernels_reason is None:
+            kernel, sdpa_per_forward = sdpa_kernel_columns(work.model, ids, config.attn_implementation)
+        else:
+            kernel, sdpa_per_forward = not_probed(kernels_reason), 0
         out.update(kernel)
         # One extra no-grad pass over the evaluation text, before any training step changes the weights.
         out.update(
             quality_or_reason(work.model, tokenizer, device, quality_ref, checkpoint, reason=quality_reason)
         )
-        _run_workloads(cell, config, caps, work, mem, emit, out, sdpa_per_forward)
+        _run_workloads(cell, config, caps, work, mem, emit, out, sdpa_per_forward, kernels_reason)
 
     # Repeated loads come last, so no workload's peak sees memory a freed model left in the allocator.
     emit(PhaseStarted("load"))
@@ -180,9 +191,11 @@ def _run_workloads(
     emit: Emit,
     out: dict[str, Any],
     sdpa_per_forward: int,
+    kernels_reason: str | None = None,
 ) -> None:
     """prefill, decode, train in that order (the ones the cell runs), each phase's memory apart.
-    `sdpa_per_forward`: the sdpa calls one forward makes (0: not sdpa), for the decode kernel probe."""
+    `sdpa_per_forward`: the sdpa calls one forward makes (0: not sdpa), for the decode kernel probe,
+    which `kernels_reason` leaves out."""
     for name, reason in cell.dropped:
         out[f"{name}.skipped_reason"] = reason
     for name in ("prefill", "decode", "train"):
@@ -207,7 +220,11 @@ def _run_workloads(
             mem.start()
             out.update(prefill(work) if name == "prefill" else train(work))
         out.update(mem.columns(name))
-        if name == "decode":  # untimed, after the phase's peaks: the kernels one generation of this mode ran
+        if name == "decode" and kernels_reason is not None:
+            out.update(not_probed(kernels_reason, DECODE_KERNEL_COLUMN))
+        elif (
+            name == "decode"
+        ):  # untimed, after the phase's peaks: the kernels one generation of this mode ran
             out.update(_decode_kernels(cell, config, work, sdpa_per_forward))
         for window in work.windows:
             emit(WindowMeasured(**window))

@@ -296,6 +296,7 @@ def run_find_max(
     quality_ref: str | None = None,
     quality_reason: str | None = None,
     bitsandbytes: Any = None,
+    kernels_reason: str | None = None,
 ) -> dict[str, Any]:
     """Search the cell's largest fitting batch or seq; with at_max, then measure the cell at it."""
     target = cell.find_max["target"]
@@ -343,5 +344,9 @@ def run_find_max(
         from bench.measure.cell import run_cell
 
         shaped = dataclasses.replace(cell, shape=dataclasses.replace(cell.shape, **{target: found.answer}))
-        out.update(run_cell(shaped, checkpoint, budget, emit, quality_ref, quality_reason, bitsandbytes))
+        out.update(
+            run_cell(
+                shaped, checkpoint, budget, emit, quality_ref, quality_reason, bitsandbytes, kernels_reason
+            )
+        )
     return out

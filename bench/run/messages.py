@@ -46,6 +46,8 @@ class CellTask:
     # The run's probe of bitsandbytes on this host (loader.host.probe_bitsandbytes's answer): an
     # unquantized cell reuses it instead of importing bitsandbytes (seconds) to learn the same facts.
     bitsandbytes: tuple[str | None, str | None, tuple[str, ...]] | None = None
+    # Set: skip the untimed probes of which sdpa kernel ran (their columns null with this reason).
+    kernels_reason: str | None = None
 
 
 @dataclass(frozen=True)

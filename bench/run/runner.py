@@ -103,6 +103,7 @@ class RunOptions:
     quality_reason: str | None = None  # why the run has no reference (the cells' quality.reason)
     faults: dict[str, str] = field(default_factory=dict)  # test-only: cell_id or label -> fault
     bitsandbytes: tuple[str | None, str | None, tuple[str, ...]] | None = None  # the run's probe of it
+    kernels_reason: str | None = None  # set: cells skip the sdpa kernel probes (an ab side after round 1)
     trailer: dict[str, Any] = field(default_factory=dict)  # columns every record ends with (Ray: the node)
 
 
@@ -164,6 +165,7 @@ class Runner:
             quality_reason=self.options.quality_reason,
             fault=fault_for(self.options.faults, cell),
             bitsandbytes=self.options.bitsandbytes,
+            kernels_reason=self.options.kernels_reason,
         )
         from bench.run import worker_entry
 

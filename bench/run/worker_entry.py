@@ -80,6 +80,7 @@ def run_cell_task(task: CellTask, conn: Any) -> None:
             task.quality_ref,
             task.quality_reason,
             bitsandbytes=task.bitsandbytes,
+            kernels_reason=task.kernels_reason,
         )
         conn.send(Finished(CellOutcome("ok", metrics=metrics)))
     except BaseException as exc:  # every failure becomes a record; the runner goes on

@@ -2,8 +2,9 @@
 
 The parent writes one request a line to the side's stdin; the side answers one JSON line on the file
 descriptor it was given (its stdout and stderr belong to the side's log, where libraries may print).
-Requests: `start` (the spec and run settings; answered `ready` or `failed`), `run` (one cell of one round;
-answered `record`), and end of input (the side stops its template and exits).
+Requests: `start` (the spec and run settings; answered `ready` or `failed`), `run` (one cell of one round,
+and whether it is the first, when the untimed read-backs run; answered `record`), and end of input (the side
+stops its template and exits).
 """
 
 from __future__ import annotations

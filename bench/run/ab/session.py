@@ -242,9 +242,7 @@ def measure_slot(
         return  # another runner of this directory holds it (or just finished it)
     try:
         try:
-            record = side.run(
-                slot.cell_id, quality=request.quality and slot.round == 1, timeout_s=limit + ANSWER_MARGIN_S
-            )
+            record = side.run(slot.cell_id, first=slot.round == 1, timeout_s=limit + ANSWER_MARGIN_S)
         except KeyboardInterrupt:
             record = side.interrupt()
             if record is not None:

@@ -49,14 +49,17 @@ class Side:
     node: NodeSetup
     samplers: dict[int, Any]
 
-    def run(self, cell_id: str, quality: bool) -> dict[str, Any]:
-        """One cell in a fresh process; its record. Without `quality` the cell skips the quality pass and
-        says why (the pass is measured once per side, not every round)."""
+    def run(self, cell_id: str, first: bool) -> dict[str, Any]:
+        """One cell in a fresh process; its record. After the side's `first` round the cell skips the
+        quality pass and the sdpa kernel probes, and says why: both are read once per side, not every
+        round (untimed, they would only add to each round's cost)."""
         options = self.runner.options
+        later = "read in this side's first round"
         self.runner.options = dataclasses.replace(
             options,
-            quality_ref=options.quality_ref if quality else None,
-            quality_reason=options.quality_reason if quality else "measured in this side's first round",
+            quality_ref=options.quality_ref if first else None,
+            quality_reason=options.quality_reason if first or options.quality_ref is None else later,
+            kernels_reason=None if first else later,
         )
         try:
             self.runner.run([self.cells[cell_id]])
@@ -146,7 +149,7 @@ def serve(side: Side, stream: IO[bytes], answer: Any) -> None:
             answer({"op": "failed", "message": f"this side's plan has no cell {request['cell_id']}"})
             continue
         try:
-            record = side.run(request["cell_id"], quality=bool(request.get("quality", True)))
+            record = side.run(request["cell_id"], first=bool(request.get("first", True)))
         except KeyboardInterrupt:
             if side.store.records:
                 answer({"op": "record", "record": side.store.records.pop()})

@@ -133,9 +133,10 @@ class SideProcess:
         self.ready = answer
         return answer
 
-    def run(self, cell_id: str, *, quality: bool, timeout_s: float) -> dict[str, Any] | None:
-        """One cell on this side; its record, or None if no answer came within `timeout_s`."""
-        self.send({"op": "run", "cell_id": cell_id, "quality": quality})
+    def run(self, cell_id: str, *, first: bool, timeout_s: float) -> dict[str, Any] | None:
+        """One cell on this side (`first`: in its first round, when the untimed read-backs run: quality,
+        sdpa kernels); its record, or None if no answer came within `timeout_s`."""
+        self.send({"op": "run", "cell_id": cell_id, "first": first})
         answer = self.receive(timeout_s)
         if answer is not None and answer.get("op") != "record":
             raise SideError(f"the {self.spec.name} side refused cell {cell_id}: {answer.get('message')}")
