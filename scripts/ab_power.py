@@ -12,12 +12,13 @@ Runs the 4-cell CPU sweep (`--dtype float32,bfloat16 --quant none --attn eager,s
   - cost: the median wall time of an ab run over that of a plain run.
 Each run is a `loadbench` subprocess, one after another, as CI would run them. Prints the tables of
 docs/statistics.md and writes every run directory and summary.json under --out. `--from DIR` prints them
-again from a finished DIR, with the rounds table: each ab run judged again on its first 6, 8, ... rounds
-(what a lower --rounds would have concluded, and about what it would have cost).
+again from a finished DIR, each stored ab run judged again by this loadbench, with the rounds table: each
+judged on its first 6, 8, ... rounds (what a lower --rounds would have concluded, and about what it would
+have cost).
 
     python scripts/ab_power.py --runs 10 --out runs/ab-power
     python scripts/ab_power.py --runs 2 --only aa,compare     # a quick look
-    python scripts/ab_power.py --from runs/ab-power           # the tables again, and the rounds table
+    python scripts/ab_power.py --from runs/ab-power           # the tables again (and rejudged.json), rounds
 """
 
 from __future__ import annotations
@@ -83,11 +84,13 @@ def ab(out: Path, seed: int, slowdown: str | None = None) -> dict[str, Any]:
     )
     if code not in (0, 1):
         raise SystemExit(f"loadbench ab exited {code} for {out}:\n{err[-3000:]}")
-    doc = json.loads((out / "ab.json").read_text())
+    return {"exit": code, "wall_s": wall, **counts(json.loads((out / "ab.json").read_text()))}
+
+
+def counts(doc: dict[str, Any]) -> dict[str, Any]:
+    """What a row needs of one ab run's JSON verdicts (`loadbench ab --format json`)."""
     timed = [r for r in doc["results"] if r["kind"] == "timed" and r["verdict"] != "not judged"]
     return {
-        "exit": code,
-        "wall_s": wall,
         "judged": len(timed),
         "changed": sum(r["verdict"] in ("regression", "improvement") for r in timed),
         "regressed": sorted({r["metric"] for r in timed if r["verdict"] == "regression"}),
@@ -97,6 +100,17 @@ def ab(out: Path, seed: int, slowdown: str | None = None) -> dict[str, Any]:
             r["verdict"] in ("regression", "improvement") for r in doc["results"] if r["kind"] == "memory"
         ),
     }
+
+
+def rejudge(run: Path, limit: int | None = None) -> dict[str, Any]:
+    """One stored ab run judged again by this loadbench (on its first `limit` rounds, when given)."""
+    from bench.analysis.ab import judge_run, render_json
+    from bench.run.store import RunStore
+
+    store = RunStore.open(run)
+    judgement = judge_run(store, limit)
+    doc = json.loads(render_json(judgement, store.meta))
+    return {"exit": int(judgement.regressed), **counts(doc)}
 
 
 def plain_runs(out: Path, count: int) -> list[dict[str, Any]]:
@@ -159,8 +173,6 @@ def detection_row(name: str, runs: list[dict[str, Any]], metrics: tuple[str, ...
 def rounds_table(out: Path, summary: dict[str, Any], rounds: tuple[int, ...] = (6, 8, 10)) -> list[str]:
     """Each stored ab run judged on its first R rounds: exits and A/A metrics called changed, and the wall
     time an A/A run would have taken (its measured wall less the rounds it would not have run)."""
-    from bench.analysis.ab.judging import judge
-
     plain = statistics.median(r["wall_s"] for r in summary["compare"])
     lines = [
         "| rounds | A/A exit 1 | A/A metrics changed | compute caught | load caught | ab wall (A/A) | x plain |",
@@ -168,28 +180,23 @@ def rounds_table(out: Path, summary: dict[str, Any], rounds: tuple[int, ...] = (
     ]
     runs = len(summary["aa"])
     for limit in rounds:
-        cols: dict[str, tuple[int, int, int]] = {}
+        rows = {
+            name: [rejudge(out / f"{name}-{i}", limit) for i in range(runs)] for name in ("aa", *SLOWDOWNS)
+        }
         saved = []
-        for name in ("aa", *SLOWDOWNS):
-            exits = changed = judged = 0
-            for i in range(len(summary[name])):
-                with (out / f"{name}-{i}" / "records.jsonl").open() as lines_in:
-                    records = [json.loads(line) for line in lines_in]
-                sides = [r for r in records if r.get("side")]
-                verdicts = judge([r for r in records if r.get("ab.round") is None or r["ab.round"] <= limit])
-                timed = [r for r in verdicts.results if r.kind == "timed" and r.verdict != "not judged"]
-                exits += verdicts.regressed
-                changed += sum(r.verdict in ("regression", "improvement") for r in timed)
-                judged += len(timed)
-                if name == "aa":
-                    end = max(r["started_at"] + r["cell.wall_s"] for r in sides)
-                    cut = max(r["started_at"] + r["cell.wall_s"] for r in sides if r["ab.round"] <= limit)
-                    saved.append(end - cut)
-            cols[name] = (exits, changed, judged)
+        for i in range(runs):
+            with (out / f"aa-{i}" / "records.jsonl").open() as lines_in:
+                sides = [r for r in map(json.loads, lines_in) if r.get("side")]
+            end = max(r["started_at"] + r["cell.wall_s"] for r in sides)
+            cut = max(r["started_at"] + r["cell.wall_s"] for r in sides if r["ab.round"] <= limit)
+            saved.append(end - cut)
         wall = statistics.median(r["wall_s"] for r in summary["aa"]) - statistics.median(saved)
+        aa = rows["aa"]
+        caught = {name: sum(r["exit"] for r in rows[name]) for name in SLOWDOWNS}
         lines.append(
-            f"| {limit} | {cols['aa'][0]} of {runs} | {cols['aa'][1]} of {cols['aa'][2]} | "
-            f"{cols['compute'][0]} of {runs} | {cols['load'][0]} of {runs} | {wall:.1f} s | {wall / plain:.2f}x |"
+            f"| {limit} | {sum(r['exit'] for r in aa)} of {runs} | {sum(r['changed'] for r in aa)} of "
+            f"{sum(r['judged'] for r in aa)} | {caught['compute']} of {runs} | {caught['load']} of {runs} | "
+            f"{wall:.1f} s | {wall / plain:.2f}x |"
         )
     return lines
 
@@ -233,8 +240,13 @@ def main() -> int:
     )
     parser.add_argument("--from", dest="source", type=Path, help="print the tables of a finished --out again")
     args = parser.parse_args()
-    if args.source is not None:
-        print_tables(json.loads((args.source / "summary.json").read_text()), args.source)
+    if args.source is not None:  # the stored runs judged again by this loadbench; wall times as measured
+        summary = json.loads((args.source / "summary.json").read_text())
+        for name in ("aa", *SLOWDOWNS):
+            for i, row in enumerate(summary.get(name, [])):
+                row.update(rejudge(args.source / f"{name}-{i}"))
+        (args.source / "rejudged.json").write_text(json.dumps(summary, indent=1))
+        print_tables(summary, args.source)
         return 0
     parts = args.only.split(",")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from bench.analysis.ab.judging import judge, settled
+from bench.analysis.ab.judging import POOLED_ID, judge, settled
 from bench.analysis.ab.paired import paired, signed_rank_cdf
 from bench.analysis.ab.rendering import render_json, render_markdown, side_differences
 from bench.run.ab.schedule import round_slots
@@ -154,7 +154,26 @@ def test_a_cell_failing_on_the_new_side_is_a_status_regression() -> None:
 
 def test_few_rounds_are_not_judged() -> None:
     j = judge(records(2))
-    assert {r.verdict for r in j.results if r.kind == "timed"} == {"not judged"}
+    assert {r.verdict for r in j.results if r.kind == "timed" and r.cell_id != POOLED_ID} == {"not judged"}
+
+
+def test_a_small_change_in_every_cell_is_seen_pooled_before_any_cell_sees_it() -> None:
+    j = judge(records(10, ratio=1.08, noise=0.08, cells=8, seed=9))
+    pooled = {r.metric: r for r in j.results if r.cell_id == POOLED_ID}
+    assert pooled["prefill.latency_s"].verdict == "regression" and pooled["prefill.latency_s"].n == 80
+    assert pooled["prefill.latency_s"].low < 1.08 < pooled["prefill.latency_s"].high
+    assert "prefill.tokens_per_s" not in pooled  # a reciprocal is no test of its own
+    per_cell = [r for r in j.results if r.metric == "prefill.latency_s" and r.cell_id != POOLED_ID]
+    assert sum(r.verdict == "regression" for r in per_cell) < len(per_cell)  # some cells alone cannot tell
+    same = judge(records(10, noise=0.08, cells=8, seed=9))
+    assert {r.verdict for r in same.results if r.cell_id == POOLED_ID} == {"no change"}
+
+
+def test_pooled_rounds_beyond_the_exact_table_use_the_normal_approximation() -> None:
+    rng = np.random.default_rng(4)
+    shifted, null = paired(rng.normal(0.03, 0.05, 200)), paired(rng.normal(0.0, 0.05, 200))
+    assert shifted.n == 200 and shifted.p < 1e-6 and shifted.low < 0.03 < shifted.high
+    assert null.p > 0.01 and null.low < 0 < null.high
 
 
 def test_a_cell_settles_when_its_interval_is_decided() -> None:

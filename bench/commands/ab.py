@@ -20,7 +20,7 @@ from bench.units import argtype, positive_int, positive_seconds
 
 __all__ = ["register", "run_ab_command"]
 
-DEFAULT_ROUNDS = 10
+DEFAULT_ROUNDS = 8
 DEFAULT_BUDGET_S = 0.03
 DEFAULT_ROUND_SAMPLES = 3
 

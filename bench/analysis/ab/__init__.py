@@ -22,6 +22,7 @@ __all__ = [
     "judge_run",
     "missing_measurements",
     "render_ab",
+    "render_json",
     "settled",
     "summary_line",
 ]
@@ -31,11 +32,15 @@ def is_ab_run(meta: dict[str, Any]) -> bool:
     return AB_KEY in meta
 
 
-def judge_run(store: RunStore) -> ABJudgement:
-    """An ab run directory judged with the settings it was run with."""
+def judge_run(store: RunStore, rounds: int | None = None) -> ABJudgement:
+    """An ab run directory judged with the settings it was run with (on its first `rounds` rounds only,
+    when given: what a lower --rounds would have concluded)."""
     ab = store.meta.get(AB_KEY, {})
+    records = store.records()
+    if rounds is not None:
+        records = [r for r in records if r.get("ab.round") is None or r["ab.round"] <= rounds]
     return judge(
-        store.records(),
+        records,
         min_effect=float(ab.get("min_effect", DEFAULT_MIN_EFFECT)),
         alpha=float(ab.get("alpha", DEFAULT_ALPHA)),
     )

@@ -4,7 +4,8 @@ The unit of evidence is a round: both sides measured one after the other, so the
 new/base of a metric's medians carries the code's effect and little of the machine's wandering. A timed
 metric is a regression or an improvement when the signed-rank test over its rounds is significant after
 Benjamini-Hochberg over every timed metric judged in the run, and its Hodges-Lehmann ratio is beyond the
-minimum effect. Memory peaks are single values per round (they agree within 1 % between runs): one changes
+minimum effect. Each timed metric is also judged over every cell's rounds at once (pooled_verdicts), in the
+same family: a change that moves a metric a little in every cell is seen there first. Memory peaks are single values per round (they agree within 1 % between runs): one changes
 when the median of its per-round changes exceeds MEM_REL and MEM_ABS_FLOOR_BYTES. A cell that is ok on one
 side and fails on the other in some round is a status change (a regression when the new side fails).
 
@@ -34,6 +35,7 @@ __all__ = [
     "DEFAULT_MIN_EFFECT",
     "MEM_REL",
     "MIN_ROUNDS",
+    "POOLED_ID",
     "ABJudgement",
     "CellRounds",
     "MetricVerdict",
@@ -46,6 +48,7 @@ DEFAULT_MIN_EFFECT = 0.05
 DEFAULT_ALPHA = 0.05
 MEM_REL = 0.02  # a memory peak must move more than 2 % (and 1 MiB) to be a verdict
 MIN_ROUNDS = 3  # fewer paired rounds: a timed metric is "not judged" (no test can be significant)
+POOLED_ID = "*"  # the cell_id of a metric judged over every cell's rounds at once
 BASE, NEW = AB_SIDES
 
 
@@ -194,6 +197,39 @@ def timed_verdict(cell: CellRounds, name: str) -> MetricVerdict:
     return result
 
 
+def pooled_verdicts(cells: list[CellRounds]) -> list[MetricVerdict]:
+    """Each timed metric over every cell's rounds at once (POOLED_ID), when two or more cells have it: a
+    change of the code usually moves a metric in every cell a little, which one cell's few rounds cannot
+    tell from noise and all of them together can. Each (cell, round) is a pair measured back to back, so
+    the pooled log-ratios are as symmetric about zero under no change as one cell's are."""
+    logs: dict[str, list[float]] = {}
+    cells_with: dict[str, int] = {}
+    for cell in cells:
+        ok = _ok_pairs(cell)
+        for name in _timed_names(ok):
+            if name in RECIPROCALS:
+                continue
+            values = [(_value(b, name), _value(n, name)) for b, n in ok]
+            ratios = [math.log(n / b) for b, n in values if b and n and b > 0 and n > 0]
+            if ratios:
+                logs.setdefault(name, []).extend(ratios)
+                cells_with[name] = cells_with.get(name, 0) + 1
+    out = []
+    for name, ratios in logs.items():
+        if cells_with[name] < 2 or len(ratios) < MIN_ROUNDS:
+            continue
+        test = paired(ratios)
+        label = f"all {cells_with[name]} cells, pooled"
+        result = MetricVerdict(
+            label, POOLED_ID, name, "timed", METRICS[name].better or "lower", None, None, len(ratios)
+        )
+        result.ratio, result.p = test.ratio, test.p
+        if math.isfinite(test.low) and math.isfinite(test.high):
+            result.low, result.high = test.ratio_low, test.ratio_high
+        out.append(result)
+    return out
+
+
 def memory_verdict(cell: CellRounds, name: str, min_rel: float = MEM_REL) -> MetricVerdict:
     """One memory peak: the median of its per-round changes, beyond MEM_REL and 1 MiB to count."""
     values = [(_value(b, name), _value(n, name)) for b, n in _ok_pairs(cell)]
@@ -261,6 +297,7 @@ def judge(
         out.results += [timed_verdict(cell, name) for name in _timed_names(ok)]
         out.results += [memory_verdict(cell, name) for name in _memory_names(ok)]
         out.statuses += status_verdicts(cell)
+    out.results += pooled_verdicts(cells)
     tested = [r for r in out.results if r.p is not None and r.metric not in RECIPROCALS]
     for result, q in zip(tested, bh_adjust(np.array([r.p for r in tested])), strict=True):
         result.q = float(q)

@@ -4,8 +4,9 @@ estimate and interval, over one metric's per-round log-ratios new/base.
 A round measures both sides back to back, so the machine's slow stretches fall on both and cancel in the
 round's ratio; what is left varies from round to round, and the test asks whether the ratios sit on one side
 of 1 more often and further than chance would put them. The signed-rank test needs no normality and shrugs
-off the odd round a noise burst hit on one side only. Its null distribution is exact here (no normal
-approximation): rounds are few (at most MAX_EXACT), so the count of rank subsets is a small table.
+off the odd round a noise burst hit on one side only. Its null distribution is exact up to MAX_EXACT values
+(a cell's rounds always are: the count of rank subsets is a small table); beyond, for a metric pooled over
+many cells' rounds, the normal approximation with a continuity correction, accurate at that size.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["MAX_EXACT", "Paired", "paired", "signed_rank_cdf"]
+__all__ = ["MAX_EXACT", "Paired", "null_cdf", "paired", "signed_rank_cdf"]
 
-MAX_EXACT = 64  # rounds beyond this are not taken (the exact table grows as n^3)
+MAX_EXACT = 64  # the exact table's reach (it grows as n^3); beyond it the normal approximation
 
 
 @lru_cache(maxsize=MAX_EXACT + 1)
@@ -79,8 +80,6 @@ def paired(log_ratios: np.ndarray | list[float], level: float = 0.95) -> Paired:
     n = len(d)
     if n == 0:
         raise ValueError("no round has a value on both sides")
-    if n > MAX_EXACT:
-        d, n = d[:MAX_EXACT], MAX_EXACT
     i, j = np.triu_indices(n)
     walsh = np.sort((d[i] + d[j]) / 2.0)
     estimate = float(np.median(walsh))
@@ -88,14 +87,40 @@ def paired(log_ratios: np.ndarray | list[float], level: float = 0.95) -> Paired:
     return Paired(n, estimate, low, high, _p_value(d))
 
 
+def null_cdf(n: int, t: float) -> float:
+    """P(T+ <= t) under the null for n nonzero values: exact up to MAX_EXACT, else normal."""
+    if n <= MAX_EXACT:
+        cdf = signed_rank_cdf(n)
+        return float(cdf[min(max(math.floor(t + 1e-9), -1), len(cdf) - 1)]) if t >= 0 else 0.0
+    mean, sd = n * (n + 1) / 4.0, math.sqrt(n * (n + 1) * (2 * n + 1) / 24.0)
+    return 0.5 * math.erfc(-(math.floor(t + 1e-9) + 0.5 - mean) / (sd * math.sqrt(2.0)))
+
+
 def _interval(walsh: np.ndarray, n: int, level: float) -> tuple[float, float]:
     """[W_(k), W_(M-k+1)], k the largest count with P(T+ < k) <= (1 - level) / 2 (Hollander & Wolfe)."""
-    cdf = signed_rank_cdf(n)
     alpha = (1.0 - level) / 2.0
-    k = int(np.searchsorted(cdf, alpha, side="right"))  # P(T+ <= k-1) <= alpha < P(T+ <= k)
+    if n <= MAX_EXACT:
+        k = int(np.searchsorted(signed_rank_cdf(n), alpha, side="right"))  # P(T+ <= k-1) <= alpha
+    else:
+        mean, sd = n * (n + 1) / 4.0, math.sqrt(n * (n + 1) * (2 * n + 1) / 24.0)
+        k = max(0, math.floor(mean - _z(alpha) * sd - 0.5) + 1)
+        while k > 0 and null_cdf(n, k - 1) > alpha:
+            k -= 1
     if k < 1:  # too few rounds for this level: no interval says anything
         return -math.inf, math.inf
     return float(walsh[k - 1]), float(walsh[len(walsh) - k])
+
+
+def _z(tail: float) -> float:
+    """The standard normal quantile with `tail` above it (bisection on erfc: no scipy)."""
+    lo, hi = 0.0, 40.0
+    for _ in range(200):
+        mid = (lo + hi) / 2.0
+        if 0.5 * math.erfc(mid / math.sqrt(2.0)) > tail:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2.0
 
 
 def _p_value(d: np.ndarray) -> float:
@@ -106,9 +131,7 @@ def _p_value(d: np.ndarray) -> float:
         return 1.0
     ranks = _ranks(np.abs(nonzero))
     t_plus = float(ranks[nonzero > 0].sum())
-    cdf = signed_rank_cdf(m)
     total = m * (m + 1) / 2.0
-    lower = cdf[min(math.floor(t_plus + 1e-9), len(cdf) - 1)]  # P(T+ <= t)
-    upper_index = math.ceil(total - t_plus - 1e-9)  # P(T+ >= t) = P(T+ <= total - t)
-    upper = cdf[min(upper_index, len(cdf) - 1)]
+    lower = null_cdf(m, t_plus)  # P(T+ <= t)
+    upper = null_cdf(m, math.ceil(total - t_plus - 1e-9))  # P(T+ >= t) = P(T+ <= total - t)
     return float(min(1.0, 2.0 * min(lower, upper)))

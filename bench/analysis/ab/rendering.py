@@ -8,7 +8,14 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
-from bench.analysis.ab.judging import MEM_REL, MIN_ROUNDS, ABJudgement, MetricVerdict, StatusVerdict
+from bench.analysis.ab.judging import (
+    MEM_REL,
+    MIN_ROUNDS,
+    POOLED_ID,
+    ABJudgement,
+    MetricVerdict,
+    StatusVerdict,
+)
 from bench.analysis.compare.rendering import MARKDOWN_LIMIT, fmt_value, md_cell
 from bench.schema import AB_KEY, AB_SIDES
 
@@ -78,7 +85,8 @@ def _evidence(r: MetricVerdict) -> str:
         return f"median of {r.n} per-round changes; needs > {MEM_REL:.0%} and ≥ 1 MiB"
     if r.p is None:
         return md_cell(r.reason or "")
-    return f"p={r.p:.2g}, q={r.q:.2g}, {r.n} rounds"
+    pairs = f"{r.n} cell-rounds" if r.cell_id == POOLED_ID else f"{r.n} rounds"
+    return f"p={r.p:.2g}, q={r.q:.2g}, {pairs}"
 
 
 def _table(rows: list[MetricVerdict], limit: int) -> list[str]:
@@ -151,7 +159,8 @@ def render_markdown(
         f"<sub>Each round measures a cell on both sides back to back (which goes first alternates), so a slow "
         f"stretch of the machine falls on both. A timed metric is a regression or improvement only if the "
         f"signed-rank test over its per-round ratios is significant (Benjamini-Hochberg over {j.tests} tested "
-        f"metrics, q < {j.alpha:g}) and the Hodges-Lehmann ratio is beyond {j.min_effect:.0%}; metrics with "
+        f"metrics, q < {j.alpha:g}) and the Hodges-Lehmann ratio is beyond {j.min_effect:.0%}; each timed metric "
+        f'is also tested over every cell\'s rounds at once ("pooled"); metrics with '
         f"fewer than {MIN_ROUNDS} paired rounds are not judged. Memory peaks: the median per-round change, "
         f"beyond {MEM_REL:.0%} and 1 MiB.</sub>"
     )

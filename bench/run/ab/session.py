@@ -40,7 +40,7 @@ ANSWER_MARGIN_S = 60.0  # beyond a cell's own timeout, which the side's runner e
 class ABRequest:
     spec: MatrixSpec
     sides: tuple[SideSpec, SideSpec]  # base, new
-    rounds: int = 10  # at most, per cell
+    rounds: int = 8  # at most, per cell
     seed: int | None = None  # None: drawn, and recorded
     out: Path | None = None
     resume: bool = False
