@@ -115,7 +115,9 @@ def test_a_side_that_cannot_serve_and_one_of_another_measurement_version_are_ref
     code, _, stderr = run_ab(
         ["ab", "--base", str(fake), "--new", sys.executable, *TINY, "--out", str(tmp_path / "a")]
     )
-    assert code == 2 and "the base side's process ended before it answered" in stderr, stderr[-2000:]
+    assert code == 2 and "the base side's process ended" in stderr, stderr[
+        -2000:
+    ]  # on send or on read: a race
     assert "no loadbench here" in stderr and "Traceback" not in stderr
     other = tmp_path / "version"
     other.mkdir()
