@@ -9,7 +9,7 @@ from typing import Any
 from bench.analysis.ab.judging import DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, ABJudgement, judge, settled
 from bench.analysis.ab.rendering import render_json, render_markdown, summary_line
 from bench.fileio import atomic_write_text
-from bench.run.records import ab_key
+from bench.run.records import ab_key, is_final, record_key
 from bench.run.store import RunStore
 from bench.schema import AB_KEY, AB_SIDES
 
@@ -32,11 +32,13 @@ def is_ab_run(meta: dict[str, Any]) -> bool:
     return AB_KEY in meta
 
 
-def judge_run(store: RunStore, rounds: int | None = None) -> ABJudgement:
+def judge_run(
+    store: RunStore, rounds: int | None = None, records: list[dict[str, Any]] | None = None
+) -> ABJudgement:
     """An ab run directory judged with the settings it was run with (on its first `rounds` rounds only,
-    when given: what a lower --rounds would have concluded)."""
+    when given: what a lower --rounds would have concluded); `records`: the store's, already read."""
     ab = store.meta.get(AB_KEY, {})
-    records = store.records()
+    records = store.records() if records is None else records
     if rounds is not None:
         records = [r for r in records if r.get("ab.round") is None or r["ab.round"] <= rounds]
     return judge(
@@ -46,10 +48,9 @@ def judge_run(store: RunStore, rounds: int | None = None) -> ABJudgement:
     )
 
 
-def missing_measurements(store: RunStore) -> int:
+def missing_measurements(records: list[dict[str, Any]]) -> int:
     """Measurements begun without a final record (interrupted, or a side that died): --resume runs them."""
-    records = store.records()
-    final = store.final_cell_ids()
+    final = {record_key(r) for r in records if is_final(r)}
     begun = {ab_key(r["cell_id"], r["side"], r["ab.round"]) for r in records if r.get("side") in AB_SIDES}
     return len(begun - final)
 
@@ -57,8 +58,9 @@ def missing_measurements(store: RunStore) -> int:
 def render_ab(directory: str | Path, out: str | Path | None = None) -> tuple[dict[str, Path], ABJudgement]:
     """Write ab.md and ab.json of an ab run directory; their paths and the judgement."""
     store = RunStore.open(directory)
-    judgement = judge_run(store)
-    missing = missing_measurements(store)
+    records = store.records()  # read once: the judgement and the count of missing measurements
+    judgement = judge_run(store, records=records)
+    missing = missing_measurements(records)
     target = Path(out) if out is not None else store.directory
     target.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": target / "ab.md", "json": target / "ab.json"}

@@ -12,7 +12,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bench.run.ab.sides import SIDES
+from bench.schema import AB_SIDES
 
 __all__ = ["Slot", "round_slots"]
 
@@ -31,7 +31,7 @@ class Slot:
 def _first_side(seed: int, cell_id: str, round_no: int) -> str:
     """Alternating by round, from a seeded coin per cell."""
     coin = random.Random(f"{seed}:{cell_id}").random() < 0.5
-    return SIDES[(round_no + coin) % 2]
+    return AB_SIDES[(round_no + coin) % 2]
 
 
 def round_slots(seed: int, round_no: int, cell_ids: Sequence[str]) -> list[Slot]:
@@ -41,6 +41,6 @@ def round_slots(seed: int, round_no: int, cell_ids: Sequence[str]) -> list[Slot]
     slots: list[Slot] = []
     for cell_id in order:
         first = _first_side(seed, cell_id, round_no)
-        for side in (first, SIDES[1 - SIDES.index(first)]):
+        for side in (first, AB_SIDES[1 - AB_SIDES.index(first)]):
             slots.append(Slot(round_no, len(slots), cell_id, side, side == first))
     return slots

@@ -19,7 +19,7 @@ from bench.errors import EXIT_INCOMPLETE, EXIT_OK, SpecError
 from bench.plan.matrix import Cell, MatrixSpec
 from bench.plan.planning import make_plan
 from bench.run.ab.schedule import Slot, round_slots
-from bench.run.ab.sides import SIDES, SideError, SideProcess, SideSpec
+from bench.run.ab.sides import SideError, SideProcess, SideSpec
 from bench.run.compose import ModelFacts
 from bench.run.node import say
 from bench.run.progress import NullProgress
@@ -28,7 +28,7 @@ from bench.run.runner import DEFAULT_TIMEOUT_S, lease_for
 from bench.run.session import default_out, lanes_for, record_skips, run_meta
 from bench.run.store import RunStore
 from bench.run.weights import materialize_visibly
-from bench.schema import AB_KEY
+from bench.schema import AB_KEY, AB_SIDES
 
 __all__ = ["ABRequest", "ABResult", "run_ab"]
 
@@ -276,6 +276,6 @@ def cell_records(store: RunStore) -> dict[str, list[dict[str, Any]]]:
     """The sides' final records so far, by cell."""
     out: dict[str, list[dict[str, Any]]] = {}
     for record in store.records():
-        if record.get("side") in SIDES and is_final(record):
+        if record.get("side") in AB_SIDES and is_final(record):
             out.setdefault(record["cell_id"], []).append(record)
     return out

@@ -25,7 +25,6 @@ from bench.run.ab.protocol import PROTOCOL, decode, encode
 from bench.run.faults import faults_from_environment
 from bench.run.memory_store import MemoryStore
 from bench.run.node import (
-    NodeSetup,
     begin_template,
     gpu_samplers,
     prepare_node,
@@ -46,7 +45,6 @@ class Side:
     cells: dict[str, Cell]
     runner: Runner
     store: MemoryStore
-    node: NodeSetup
     samplers: dict[int, Any]
 
     def run(self, cell_id: str, first: bool) -> dict[str, Any]:
@@ -112,7 +110,7 @@ def start(request: dict[str, Any]) -> tuple[Side, dict[str, Any]]:
     )
     store = MemoryStore(directory)
     runner = Runner(store, plan.checkpoint, options, NullProgress(), node.ctx)
-    side = Side({c.cell_id: c for c in plan.cells}, runner, store, node, samplers)
+    side = Side({c.cell_id: c for c in plan.cells}, runner, store, samplers)
     ready = {
         "op": "ready",
         "protocol": PROTOCOL,

@@ -21,9 +21,7 @@ from typing import IO, Any
 from bench.errors import BenchError
 from bench.run.ab.protocol import MODULE, PROTOCOL, decode, encode
 
-__all__ = ["SIDES", "SideError", "SideProcess", "SideSpec"]
-
-SIDES = ("base", "new")  # the record's `side` values, in the order sides are named on the command line
+__all__ = ["SideError", "SideProcess", "SideSpec"]
 
 
 class SideError(BenchError):
